@@ -1,0 +1,21 @@
+"""Errors a user can act on. The `edgessl` command prints them without a traceback.
+
+This module is the one shared by every part (train, export, edge_runtime, devices): it
+imports nothing, so it keeps the dependency directions intact.
+"""
+
+
+class EdgesslError(Exception):
+    """Bad input or a bad file: the message names what was wrong and what is valid."""
+
+
+class BundleError(EdgesslError):
+    """A bundle is missing a file, fails a checksum or has an invalid manifest."""
+
+
+class GalleryError(EdgesslError):
+    """The few-shot gallery was asked for something it cannot do."""
+
+
+class ImageError(EdgesslError):
+    """An image or video could not be read or decoded."""
