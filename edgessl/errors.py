@@ -19,3 +19,7 @@ class GalleryError(EdgesslError):
 
 class ImageError(EdgesslError):
     """An image or video could not be read or decoded."""
+
+
+class BackendError(EdgesslError):
+    """An inference backend is unknown, cannot load a model or got input of the wrong shape."""

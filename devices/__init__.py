@@ -1,0 +1,1 @@
+"""The server side of devices: profiles, signing, flashing (operators' tools)."""

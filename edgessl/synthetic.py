@@ -1,0 +1,119 @@
+"""Procedurally rendered shapes: a labelled image set and a video with known ground truth.
+
+`make demo` and the tests use them, so neither needs a download or ../shared. Needs numpy
+and OpenCV only. Colours, sizes, positions, rotations and backgrounds are random, so the
+only thing a class has in common is its shape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+CLASSES = ("circle", "square", "triangle", "cross", "star")
+
+
+def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
+    if kind == "square":
+        pts = [(math.cos(angle + k * math.pi / 2 + math.pi / 4), math.sin(angle + k * math.pi / 2 + math.pi / 4))
+               for k in range(4)]
+    elif kind == "triangle":
+        pts = [(math.cos(angle + k * 2 * math.pi / 3), math.sin(angle + k * 2 * math.pi / 3)) for k in range(3)]
+    elif kind == "star":
+        pts = [((1.0 if k % 2 == 0 else 0.45) * math.cos(angle + k * math.pi / 5),
+                (1.0 if k % 2 == 0 else 0.45) * math.sin(angle + k * math.pi / 5)) for k in range(10)]
+    elif kind == "cross":
+        w = 0.33
+        base = [(w, 1), (w, w), (1, w), (1, -w), (w, -w), (w, -1), (-w, -1), (-w, -w), (-1, -w), (-1, w),
+                (-w, w), (-w, 1)]
+        c, s = math.cos(angle), math.sin(angle)
+        pts = [(x * c - y * s, x * s + y * c) for x, y in base]
+    else:
+        raise ValueError(f"unknown shape {kind!r}; valid: {', '.join(CLASSES)}")
+    return np.array([(cx + r * x, cy + r * y) for x, y in pts], dtype=np.float32)
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A smooth random colour gradient plus noise."""
+    import cv2
+
+    corners = rng.integers(0, 256, size=(2, 2, 3)).astype(np.uint8)
+    bg = cv2.resize(corners, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.int16)
+    bg += rng.integers(-12, 13, size=bg.shape, dtype=np.int16)
+    return np.clip(bg, 0, 255).astype(np.uint8)
+
+
+def render(kind: str, rng: np.random.Generator, size: int = 64, center: tuple[float, float] | None = None,
+           radius: float | None = None, angle: float | None = None) -> np.ndarray:
+    """One BGR uint8 image of a shape of class `kind` on a random background."""
+    import cv2
+
+    img = _background(rng, size)
+    r = radius if radius is not None else size * rng.uniform(0.22, 0.38)
+    cx, cy = center if center is not None else (rng.uniform(r, size - r), rng.uniform(r, size - r))
+    a = angle if angle is not None else rng.uniform(0, 2 * math.pi)
+    color = tuple(int(c) for c in rng.integers(0, 256, 3))
+    # Keep the shape visible: push its colour away from the local background.
+    local = img[int(cy) % size, int(cx) % size].astype(int)
+    if np.abs(np.array(color) - local).sum() < 150:
+        color = tuple(int(255 - c) for c in local)
+    shift = 4  # sub-pixel precision for anti-aliased edges
+    if kind == "circle":
+        cv2.circle(img, (round(cx * 16), round(cy * 16)), round(r * 16), color, -1, cv2.LINE_AA, shift)
+    else:
+        pts = np.round(_polygon(kind, cx, cy, r, a) * 16).astype(np.int32)
+        cv2.fillPoly(img, [pts], color, cv2.LINE_AA, shift)
+    return img
+
+
+def write_image_set(root: Path, per_class: int, size: int = 64, seed: int = 0) -> dict[str, list[Path]]:
+    """root/<class>/NNNN.png for every class; returns the paths per class."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[Path]] = {}
+    for kind in CLASSES:
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        out[kind] = []
+        for i in range(per_class):
+            path = root / kind / f"{i:04d}.png"
+            cv2.imwrite(str(path), render(kind, rng, size))
+            out[kind].append(path)
+    return out
+
+
+def video_frames(seconds_per_class: float = 2.0, fps: int = 10, size: int = 128,
+                 seed: int = 1) -> Iterator[tuple[str, np.ndarray]]:
+    """(true class, BGR frame): each class in turn, moving and turning across the frame."""
+    rng = np.random.default_rng(seed)
+    n = max(1, round(seconds_per_class * fps))
+    for kind in CLASSES:
+        # One scene per class segment: fixed background and colour, the shape moves and rotates.
+        scene_seed = int(rng.integers(1 << 31))
+        r = size * 0.3
+        for t in range(n):
+            u = t / max(1, n - 1)
+            cx = r + u * (size - 2 * r)
+            cy = size / 2 + 0.15 * size * math.sin(2 * math.pi * u)
+            yield kind, render(kind, np.random.default_rng(scene_seed), size, (cx, cy), r, angle=u * math.pi)
+
+
+def write_video(path: Path, seconds_per_class: float = 2.0, fps: int = 10, size: int = 128,
+                seed: int = 1) -> list[str]:
+    """Write an mp4 (mp4v) and return the true class of every frame."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (size, size))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write {path} (mp4v)")
+    truth = []
+    try:
+        for kind, frame in video_frames(seconds_per_class, fps, size, seed):
+            writer.write(frame)
+            truth.append(kind)
+    finally:
+        writer.release()
+    return truth

@@ -1,0 +1,1 @@
+"""Server-side export: checkpoint -> verified bundle (needs `pip install edgessl[export]`)."""

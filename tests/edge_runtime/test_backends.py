@@ -1,0 +1,54 @@
+"""Every registered backend runs the tiny bundle's model and agrees with its golden file."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+from edgessl.edge_runtime.backends import BACKENDS, Backend, load_backend
+from edgessl.errors import BackendError
+
+
+def _require(name: str) -> None:
+    module = BACKENDS[name].split(":")[0]
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        pytest.skip(f"backend {name} needs {exc.name}")
+
+
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_backend_matches_golden_embeddings(name, tiny_bundle):
+    _require(name)
+    golden = np.load(tiny_bundle / "golden.npz")
+    with load_backend(name, tiny_bundle / "model.onnx", threads=1) as backend:
+        assert isinstance(backend, Backend)
+        out = backend.embed(golden["inputs"])
+        assert out.dtype == np.float32 and out.shape == golden["embeddings"].shape
+        np.testing.assert_allclose(out, golden["embeddings"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(backend.embed(golden["inputs"][:1]), out[:1], rtol=1e-5, atol=1e-6)
+        with pytest.raises(BackendError, match=r"shape \(N, 3, H, W\)"):
+            backend.embed(np.zeros((3, 32, 32), np.float32))
+    with pytest.raises(BackendError, match="closed"):
+        backend.embed(golden["inputs"])
+
+
+def test_unknown_backend_lists_valid_names(tiny_bundle):
+    with pytest.raises(BackendError, match="unknown backend 'tflite'; valid backends: onnxruntime") as info:
+        load_backend("tflite", tiny_bundle / "model.onnx")
+    assert all(name in str(info.value) for name in BACKENDS)
+
+
+def test_onnxruntime_options_are_checked(tiny_bundle, tmp_path):
+    with pytest.raises(BackendError, match="NoSuchExecutionProvider.*available here: .*CPUExecutionProvider"):
+        load_backend("onnxruntime", tiny_bundle / "model.onnx", providers=["NoSuchExecutionProvider"])
+    with pytest.raises(BackendError, match="threads must be a positive number"):
+        load_backend("onnxruntime", tiny_bundle / "model.onnx", threads=0)
+    with pytest.raises(BackendError, match="nothing.onnx: model file not found"):
+        load_backend("onnxruntime", tmp_path / "nothing.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(BackendError, match="junk.onnx: ONNX Runtime cannot load the model"):
+        load_backend("onnxruntime", junk)

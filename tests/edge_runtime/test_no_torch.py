@@ -1,0 +1,63 @@
+"""The edge runtime works on a device without torch: every module imports, every command runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+
+RED, BLUE = (30, 30, 200), (200, 30, 30)  # BGR
+
+SCRIPT = """
+import sys
+sys.modules["torch"] = None  # any `import torch` now fails
+
+import importlib
+import pkgutil
+
+import edgessl.edge_runtime as pkg
+
+def fail(name):
+    raise ImportError(f"cannot import {name}")
+
+names = [m.name for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".", onerror=fail)]
+for name in names:
+    importlib.import_module(name)
+print("IMPORTED", " ".join(sorted(names)), flush=True)
+
+from edgessl.cli import main
+
+bundle, gallery, red, blue, query = sys.argv[1:]
+common = ["--bundle", bundle, "--gallery", gallery]
+assert main(["enroll", *common, "--label", "red", red]) == 0
+assert main(["enroll", *common, "--label", "blue", blue]) == 0
+sys.stdout.flush()
+assert main(["classify", *common, query]) == 0
+assert main(["gallery", "list", "--gallery", gallery]) == 0
+assert sys.modules["torch"] is None
+"""
+
+
+def test_edge_runtime_runs_without_torch(tmp_path, tiny_bundle, write_images):
+    write_images(tmp_path / "red", RED, 3)
+    write_images(tmp_path / "blue", BLUE, 3)
+    query = tmp_path / "query.png"
+    assert cv2.imwrite(str(query), np.full((30, 30, 3), BLUE, np.uint8))
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tiny_bundle), str(tmp_path / "g.db"),
+         str(tmp_path / "red"), str(tmp_path / "blue"), str(query)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    imported = set(lines[0].removeprefix("IMPORTED ").split())
+    expected = {"bundle", "preprocess", "backends", "backends.ort", "fewshot", "extractor", "gallery",
+                "classifier", "sources", "cli_args", "cli_enroll", "cli_classify", "cli_gallery"}
+    assert {f"edgessl.edge_runtime.{name}" for name in expected} <= imported
+    assert "enrolled 3 images as 'red'" in lines[1] and "enrolled 3 images as 'blue'" in lines[2]
+    record = json.loads(lines[3])
+    assert (set(record), record["source"], record["label"]) == ({"source", "label", "score"}, str(query), "blue")
+    assert lines[4:] == ["blue\t3", "red\t3"]

@@ -1,0 +1,66 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgessl.edge_runtime.bundle import load_bundle
+from edgessl.edge_runtime.extractor import FeatureExtractor
+from edgessl.errors import EdgesslError
+from edgessl.export import bundle_writer
+from edgessl.export.bundle_writer import export_bundle
+from edgessl.synthetic import write_image_set
+from edgessl.train.pretrain import PretrainConfig, pretrain
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    write_image_set(root / "images", per_class=4, size=24, seed=0)
+    cfg = PretrainConfig(data=str(root / "images"), out=str(root / "run"), image_size=16, batch_size=10,
+                         epochs=1, threads=1)
+    return pretrain(cfg)
+
+
+def test_export_writes_a_bundle_the_device_loads(checkpoint, tmp_path):
+    out = export_bundle(checkpoint, tmp_path / "bundle", name="shapes", version=3)
+    bundle = load_bundle(out)
+    m = bundle.manifest
+    assert (m.model.name, m.model.version, m.embedding_dim) == ("shapes", 3, 256)
+    assert m.preprocess.input_size == (16, 16)
+    assert set(m.files) == {"model.onnx", "center.npy", "golden.npz"}
+    assert m.artifacts[0].parity["cosine_min"] >= 0.9999
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["files"]["model.onnx"]["bytes"] == (out / "model.onnx").stat().st_size
+
+    # The golden embeddings are what the device's backend computes from the golden inputs.
+    golden = np.load(out / "golden.npz")
+    with FeatureExtractor.from_bundle(bundle) as ex:
+        got = ex.backend.embed(golden["inputs"])
+        assert got.shape == golden["embeddings"].shape
+        assert np.allclose(got, golden["embeddings"], atol=1e-4)
+        # Dynamic batch axis: any batch size runs.
+        assert ex.backend.embed(np.repeat(golden["inputs"][:1], 5, axis=0)).shape == (5, 256)
+
+
+def test_export_refuses_a_model_that_disagrees_with_torch(checkpoint, tmp_path, monkeypatch):
+    real_export = bundle_writer.export_onnx
+
+    def export_other_weights(model, path, input_size):  # a graph that is not the checkpoint's model
+        torch.manual_seed(123)
+        other = type(model)((32, 64, 128, 256), (1, 1, 1, 1), stem_width=32, small_stem=True)
+        return real_export(other, path, input_size)
+
+    monkeypatch.setattr(bundle_writer, "export_onnx", export_other_weights)
+    with pytest.raises(EdgesslError, match="disagrees with torch"):
+        export_bundle(checkpoint, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    assert not list(tmp_path.glob(".bad.*"))  # no half-written temporary folder left behind
+
+
+def test_export_will_not_overwrite_without_force(checkpoint, tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "keep.txt").write_text("x")
+    with pytest.raises(EdgesslError, match="--force"):
+        export_bundle(checkpoint, tmp_path / "b")
+    assert (tmp_path / "b" / "keep.txt").exists()

@@ -1,0 +1,1 @@
+"""Server-side self-supervised pretraining (needs torch: `pip install edgessl[train]`)."""

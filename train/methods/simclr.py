@@ -1,0 +1,26 @@
+"""SimCLR (Chen et al. 2020): two augmented views, a projection MLP, NT-Xent."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgessl.train.losses import nt_xent
+from edgessl.train.methods import Method, mlp_head
+from edgessl.train.views import ViewConfig, ViewGenerator
+
+
+class SimCLR(Method):
+    def __init__(self, backbone: nn.Module, views: ViewConfig, temperature: float = 0.2,
+                 hidden_dim: int = 1024, out_dim: int = 128) -> None:
+        super().__init__(backbone, views)
+        self.views = ViewGenerator(views, n_views=2)
+        self.head = mlp_head(backbone.dim, hidden_dim, out_dim)
+        self.temperature = temperature
+
+    def training_step(self, images: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        v1, v2 = self.views(images, g)
+        # One forward pass over both views: BatchNorm sees the whole 2N batch, and it is faster.
+        z = self.head(self.backbone(torch.cat([v1, v2])))
+        z1, z2 = z.chunk(2)
+        return nt_xent(z1, z2, self.temperature)
