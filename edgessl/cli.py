@@ -33,6 +33,15 @@ COMMANDS: dict[str, Command] = {
     "classify": Command("edgessl.edge_runtime.cli_classify", "classify images, folders or videos (on device)", "edge"),
     "gallery": Command("edgessl.edge_runtime.cli_gallery", "list or forget enrolled classes (on device)", "edge"),
     "demo": Command("edgessl.demo", "the whole pipeline end to end on generated data", "all"),
+    # The camera daemon (device side).
+    "run": Command("edgessl.edge_runtime.cli_run", "run the camera inference daemon (on device)", "edge"),
+    "config": Command("edgessl.edge_runtime.cli_config", "print the daemon config schema or check a config file", "edge"),
+    # Flashing: device side (device root, A/B slots) and operator side (profiles, keys, fleets).
+    "device": Command("edgessl.edge_runtime.cli_device", "provision a device root, show status, roll back", "edge"),
+    "devices": Command("edgessl.devices.cli_devices", "list or show device profiles", "edge"),
+    "keys": Command("edgessl.devices.cli_keys", "generate an ed25519 signing key pair", "edge"),
+    "sign": Command("edgessl.devices.cli_sign", "sign a bundle's manifest", "edge"),
+    "flash": Command("edgessl.devices.cli_flash", "install a bundle on a device root, a daemon or a fleet", "edge"),
 }
 
 # Import names that belong to an optional extra; a missing one gets an install hint.

@@ -119,7 +119,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
     # ---- train
     method.train()
     bad_files: set[str] = set()
-    # With a time budget, the schedule is fitted again on the measured speed of steps 2..31.
+    # With a time budget, the schedule is fitted again from step 31 on, on the measured pace.
     refit = cfg.minutes is not None and step == 0
     t_fit = time.monotonic()
     t_prev = time.monotonic()
@@ -154,12 +154,14 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
                 rate, t_prev = len(images) / (now - t_prev), now  # data loading included
                 if refit and step == 1:
                     t_fit = now
-                elif refit and step == 31:
-                    per_step = (now - t_fit) / 30
-                    total_steps = step + int((cfg.minutes * 60 * 0.97 - (now - start)) / per_step)  # type: ignore[operator]
-                    warmup = round(cfg.warmup_fraction * total_steps)
+                elif refit and (step == 31 or step % 50 == 0):
+                    # Shared machines change speed: fit the remaining schedule to the measured pace.
+                    per_step = (now - t_fit) / (step - 1)
+                    remaining = cfg.minutes * 60 * 0.97 - (now - start)  # type: ignore[operator]
+                    total_steps = max(step + 1, step + int(remaining / per_step))
+                    if step == 31:
+                        warmup = round(cfg.warmup_fraction * total_steps)
                     bar.total = total_steps
-                    log.info("schedule refitted: %.2f s/step -> %d steps", per_step, total_steps)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}", lr=f"{lr:.3g}")
                 log_file.write(json.dumps({"step": step, "epoch": epoch, "loss": loss.item(), "lr": lr,

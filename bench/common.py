@@ -1,0 +1,46 @@
+"""Shared by the benchmarks: machine description and writing sections of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shlex
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+HEADER = "# Benchmarks\n\nEvery section is written by the script named in it; rerun it to refresh the figures.\n"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    flags: set[str] = set()
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = re.search(r"model name\s*:\s*(.*)", info).group(1)  # type: ignore[union-attr]
+        flags = set(re.search(r"flags\s*:\s*(.*)", info).group(1).split())  # type: ignore[union-attr]
+    except (OSError, AttributeError):
+        pass
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile") if f in flags]
+    return (f"{os.cpu_count()} cores ({cpu}), {' '.join(simd) or 'no AVX2'}, "
+            f"{platform.system()} {platform.machine()}, Python {platform.python_version()}")
+
+
+def command() -> str:
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or append) the section `name` of docs/benchmarks.md."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    section = (f"<!-- bench:{name} -->\n{body.rstrip()}\n\n"
+               f"Command: `{command()}`  \nMachine: {machine()}  \nDate: {stamp}\n<!-- /bench:{name} -->")
+    DOC.parent.mkdir(exist_ok=True)
+    text = DOC.read_text() if DOC.exists() else HEADER
+    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    DOC.write_text(text)
+    print(f"wrote section '{name}' of {DOC}")
