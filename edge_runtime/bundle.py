@@ -54,15 +54,38 @@ class FileEntry(_Strict):
 class Artifact(_Strict):
     """One runnable form of the model (format + precision) and how it compared to fp32 torch."""
 
-    format: str = Field(description="backend format, e.g. onnx")
+    format: str = Field(description="artifact format a backend runs: onnx, openvino or tensorrt")
     precision: str = Field(description="fp32, fp16 or int8")
-    file: str
+    file: str = Field(description="main file; for tensorrt the ONNX model the engine is built from")
+    name: str = Field("", description="export format name, e.g. onnx-int8 (default: format-precision)")
     parity: dict[str, float] = Field(default_factory=dict, description="cosine figures against fp32 torch")
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.format}-{self.precision}"
 
     @field_validator("file")
     @classmethod
     def _path(cls, v: str) -> str:
         return _safe_relpath(v)
+
+
+class ReportRow(_Strict):
+    """One line of the export report: a format, whether it made it into the bundle, and its figures."""
+
+    name: str = Field(description="export format name, e.g. openvino-int8")
+    status: Literal["ok", "failed-parity", "failed-export", "skipped"]
+    reason: str = ""
+    backend: str | None = None
+    file: str | None = None
+    size_bytes: int | None = None
+    cosine_median: float | None = Field(None, description="embedding cosine to fp32 torch, median over images")
+    cosine_p1: float | None = Field(None, description="1st percentile of the same")
+    fewshot: float | None = Field(None, description="5-way 5-shot accuracy with --eval data (fixed episodes)")
+    fewshot_ci95: float | None = None
+    latency_ms_b1: float | None = Field(None, description="ms per image at batch 1")
+    throughput_b8: float | None = Field(None, description="images per second at batch 8")
+    in_bundle: bool = False
 
 
 class ModelInfo(_Strict):
@@ -83,6 +106,10 @@ class Manifest(_Strict):
     artifacts: list[Artifact] = Field(min_length=1)
     files: dict[str, FileEntry] = Field(description="every file of the bundle but the manifest")
     profiles: list[str] = Field(default_factory=list, description="device profiles it was built for")
+    defaults: dict[str, str] = Field(default_factory=dict,
+                                     description="device profile -> name of the artifact to run there")
+    report: list[ReportRow] = Field(default_factory=list, description="the export's parity and speed report")
+    report_machine: str = Field("", description="where the report's speed figures were measured")
 
     @field_validator("center", "golden")
     @classmethod
@@ -95,6 +122,12 @@ class Manifest(_Strict):
         for key in v:
             _safe_relpath(key)
         return v
+
+    def artifact_named(self, name: str) -> Artifact:
+        for a in self.artifacts:
+            if a.label == name:
+                return a
+        raise BundleError(f"bundle has no artifact {name!r}; it has: {', '.join(a.label for a in self.artifacts)}")
 
     def artifact(self, format: str, precision: str | None = None) -> Artifact:
         for a in self.artifacts:
@@ -177,4 +210,35 @@ def load_bundle(root: str | Path) -> Bundle:
             raise BundleError(f"{path}: size {size} does not match the manifest ({entry.bytes} bytes)")
         if sha256_file(path) != entry.sha256:
             raise BundleError(f"{path}: sha256 does not match the manifest (file corrupted or tampered with)")
+    for artifact in manifest.artifacts:
+        if artifact.file.endswith(".onnx"):
+            check_external_data(root / artifact.file, root, allowed=set(manifest.files))
     return Bundle(root=root, manifest=manifest)
+
+
+def check_external_data(model: Path, root: Path | None = None, allowed: set[str] | None = None) -> None:
+    """Refuse an ONNX model whose external-data paths leave `root` (default: the model's folder)
+    through `..`, an absolute path or a link, or name a file outside `allowed` (the manifest's
+    checksummed files). Reads only the graph: nothing outside the bundle is opened."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    root = (root or model.parent).resolve()
+    try:
+        proto = onnx.load(str(model), load_external_data=False)
+    except Exception as exc:  # a truncated or foreign file; protobuf raises its own types
+        raise BundleError(f"{model}: not a valid ONNX model: {exc}") from exc
+    for tensor in _get_all_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        try:
+            _safe_relpath(location)
+        except ValueError as exc:
+            raise BundleError(f"{model}: tensor {tensor.name!r} has external data at an unsafe path: {exc}") from None
+        target = model.parent / location
+        if target.is_symlink() or not target.resolve().is_relative_to(root):
+            raise BundleError(f"{model}: tensor {tensor.name!r}: external data {location!r} is a link or "
+                              "lies outside the bundle")
+        if allowed is not None and target.resolve().relative_to(root).as_posix() not in allowed:
+            raise BundleError(f"{model}: external data {location!r} is not listed (with a checksum) in the manifest")

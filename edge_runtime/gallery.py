@@ -44,7 +44,7 @@ CREATE TABLE exemplars (
     crop        BLOB NOT NULL,                 -- JPEG
     embedding   BLOB NOT NULL,                 -- float32, little-endian
     fingerprint TEXT NOT NULL,                 -- sha256 of the model file that made the embedding
-    negative    INTEGER NOT NULL DEFAULT 0 CHECK (negative IN (0, 1)),  -- reserved: hard negatives
+    negative    INTEGER NOT NULL DEFAULT 0 CHECK (negative IN (0, 1)),  -- 1: "this is not <label>"
     created_at  TEXT NOT NULL
 );
 CREATE INDEX exemplars_class ON exemplars(class_id);
@@ -63,7 +63,16 @@ class Embedder(Protocol):
 @dataclass(frozen=True)
 class ClassInfo:
     label: str
-    exemplars: int
+    exemplars: int  # positive examples
+    negatives: int = 0  # negative examples ("this is not <label>")
+
+
+@dataclass(frozen=True)
+class ExemplarInfo:
+    id: int
+    label: str
+    negative: bool
+    created_at: str
 
 
 def validate_label(label: str) -> str:
@@ -146,10 +155,14 @@ class Gallery:
 
     # -- enrollment -------------------------------------------------------------------
 
-    def add(self, label: str, crops: Sequence[np.ndarray], embeddings: np.ndarray, fingerprint: str) -> int:
+    def add(
+        self, label: str, crops: Sequence[np.ndarray], embeddings: np.ndarray, fingerprint: str,
+        *, negative: bool = False,
+    ) -> int:
         """Store exemplars of `label` (creating the class) in one transaction; return how many.
 
-        When this returns, the exemplars are on disk."""
+        `negative=True` stores them as negative examples: things that are *not* `label` but
+        look like it. When this returns, the exemplars are on disk."""
         validate_label(label)
         embeddings = np.asarray(embeddings, np.float32)
         if len(crops) == 0 or embeddings.ndim != 2 or len(embeddings) != len(crops):
@@ -161,10 +174,12 @@ class Gallery:
             db.execute("INSERT OR IGNORE INTO classes (label, created_at) VALUES (?, ?)", (label, now))
             (class_id,) = db.execute("SELECT id FROM classes WHERE label = ?", (label,)).fetchone()
             db.executemany(
-                "INSERT INTO exemplars (class_id, crop, embedding, fingerprint, created_at) VALUES (?, ?, ?, ?, ?)",
-                [(class_id, blob, emb.astype(_F32).tobytes(), fingerprint, now) for blob, emb in zip(blobs, embeddings, strict=True)],
+                "INSERT INTO exemplars (class_id, crop, embedding, fingerprint, negative, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(class_id, blob, emb.astype(_F32).tobytes(), fingerprint, int(negative), now)
+                 for blob, emb in zip(blobs, embeddings, strict=True)],
             )
-        log.info("enrolled %d exemplars of %r", len(blobs), label)
+        log.info("enrolled %d %sexemplars of %r", len(blobs), "negative " if negative else "", label)
         return len(blobs)
 
     def forget(self, label: str) -> int:
@@ -180,19 +195,46 @@ class Gallery:
         log.info("forgot %r (%d exemplars)", label, removed)
         return removed
 
+    def remove_exemplar(self, exemplar_id: int) -> None:
+        """Remove one exemplar; a class left without any exemplar is removed too."""
+        with self._transaction() as db:
+            row = db.execute("SELECT class_id FROM exemplars WHERE id = ?", (exemplar_id,)).fetchone()
+            if row is None:
+                raise GalleryError(f"no exemplar with id {exemplar_id} in the gallery")
+            db.execute("DELETE FROM exemplars WHERE id = ?", (exemplar_id,))
+            db.execute("DELETE FROM classes WHERE id = ? AND NOT EXISTS "
+                       "(SELECT 1 FROM exemplars WHERE class_id = ?)", (row[0], row[0]))
+
     # -- reading ----------------------------------------------------------------------
 
     def classes(self) -> list[ClassInfo]:
         rows = self._db.execute(
-            "SELECT c.label, COUNT(e.id) FROM classes c LEFT JOIN exemplars e ON e.class_id = c.id "
-            "GROUP BY c.id ORDER BY c.label")
-        return [ClassInfo(label, n) for label, n in rows]
+            "SELECT c.label, COALESCE(SUM(e.negative = 0), 0), COALESCE(SUM(e.negative = 1), 0) "
+            "FROM classes c LEFT JOIN exemplars e ON e.class_id = c.id GROUP BY c.id ORDER BY c.label")
+        return [ClassInfo(label, n, neg) for label, n, neg in rows]
 
-    def embeddings(self, fingerprint: str) -> tuple[list[str], np.ndarray]:
-        """(label of each row, (N, D) float32) of the positive exemplars made by `fingerprint`."""
+    def exemplars(self, label: str | None = None) -> list[ExemplarInfo]:
+        """Exemplars (of one class, or all), oldest first; their crops come from `crop`."""
+        query = ("SELECT e.id, c.label, e.negative, e.created_at FROM exemplars e "
+                 "JOIN classes c ON c.id = e.class_id")
+        args: tuple[str, ...] = ()
+        if label is not None:
+            query, args = query + " WHERE c.label = ?", (label,)
+        rows = self._db.execute(query + " ORDER BY e.id", args).fetchall()
+        return [ExemplarInfo(i, lab, bool(neg), created) for i, lab, neg, created in rows]
+
+    def crop(self, exemplar_id: int) -> bytes:
+        """The stored JPEG of one exemplar."""
+        row = self._db.execute("SELECT crop FROM exemplars WHERE id = ?", (exemplar_id,)).fetchone()
+        if row is None:
+            raise GalleryError(f"no exemplar with id {exemplar_id} in the gallery")
+        return bytes(row[0])
+
+    def embeddings(self, fingerprint: str, *, negative: bool = False) -> tuple[list[str], np.ndarray]:
+        """(label of each row, (N, D) float32) of the positive (or negative) exemplars made by `fingerprint`."""
         rows = self._db.execute(
             "SELECT c.label, e.embedding FROM exemplars e JOIN classes c ON c.id = e.class_id "
-            "WHERE e.fingerprint = ? AND e.negative = 0 ORDER BY e.id", (fingerprint,)).fetchall()
+            "WHERE e.fingerprint = ? AND e.negative = ? ORDER BY e.id", (fingerprint, int(negative))).fetchall()
         if not rows:
             return [], np.zeros((0, 0), np.float32)
         return [r[0] for r in rows], np.stack([np.frombuffer(r[1], _F32) for r in rows]).astype(np.float32)

@@ -32,6 +32,7 @@ COMMANDS: dict[str, Command] = {
     "enroll": Command("edgessl.edge_runtime.cli_enroll", "enroll a class from a few images (on device)", "edge"),
     "classify": Command("edgessl.edge_runtime.cli_classify", "classify images, folders or videos (on device)", "edge"),
     "gallery": Command("edgessl.edge_runtime.cli_gallery", "list or forget enrolled classes (on device)", "edge"),
+    "bench": Command("edgessl.edge_runtime.cli_bench", "show a bundle's parity/speed report, re-measured here", "edge"),
     "demo": Command("edgessl.demo", "the whole pipeline end to end on generated data", "all"),
     # The camera daemon (device side).
     "run": Command("edgessl.edge_runtime.cli_run", "run the camera inference daemon (on device)", "edge"),

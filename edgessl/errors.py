@@ -23,3 +23,21 @@ class ImageError(EdgesslError):
 
 class BackendError(EdgesslError):
     """An inference backend is unknown, cannot load a model or got input of the wrong shape."""
+
+
+class SignatureError(BundleError):
+    """A bundle is unsigned, signed by a key the device does not trust, or its manifest changed after signing."""
+
+
+class UnsafeArchiveError(BundleError):
+    """A bundle archive holds a member that could write outside its folder or is not a plain file."""
+
+
+class InstallError(EdgesslError):
+    """A bundle was refused or failed to install; the previous model stays (or is again) active.
+
+    `result` is the installer's InstallResult (ok=False, with the steps taken), when there is one."""
+
+    def __init__(self, message: str, result: object | None = None) -> None:
+        super().__init__(message)
+        self.result = result

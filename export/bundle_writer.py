@@ -1,88 +1,176 @@
-"""Checkpoint -> bundle directory: ONNX fp32 model, centre, golden set, manifest."""
+"""Checkpoint -> bundle directory: artifacts in every requested format, each checked against
+fp32 torch through the device's own preprocessing and backend, a report, and the manifest."""
 
 from __future__ import annotations
 
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from edgessl.edge_runtime.backends import load_backend
+from edgessl.edge_runtime.benchmark import speed
 from edgessl.edge_runtime.bundle import (
     Artifact,
     Manifest,
     ModelInfo,
     PreprocessSpec,
+    ReportRow,
     file_entry,
     load_bundle,
     now_iso,
     write_manifest,
 )
+from edgessl.edge_runtime.fewshot import evaluate_episodes
+from edgessl.edge_runtime.profiles import DeviceProfile, resolve_profile
 from edgessl.errors import EdgesslError
+from edgessl.export.formats import FORMATS, ExportContext, Format, formats_for_profile, nvidia_gpu
 from edgessl.export.onnx_export import export_onnx
-from edgessl.export.parity import check_parity, device_inputs
+from edgessl.export.parity import backend_embeddings, compare, device_inputs, torch_embeddings
 from edgessl.train.checkpoint import load_backbone, load_checkpoint
 from edgessl.train.data import list_images, load_rgb
 
 log = logging.getLogger(__name__)
 
 GOLDEN_IMAGES = 8
+EPISODES = 600  # fixed episodes (same seed for every format) so formats are comparable
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Labelled images for few-shot accuracy: supports and queries, preprocessed for the device."""
+
+    support: np.ndarray
+    support_labels: np.ndarray
+    query: np.ndarray
+    query_labels: np.ndarray
+
+    def accuracy(self, embed: Callable[[np.ndarray], np.ndarray]) -> tuple[float, float]:
+        s, q = embed(self.support), embed(self.query)
+        n_query = int(min(15, np.bincount(self.query_labels).min()))
+        r = evaluate_episodes(s, self.support_labels, q, self.query_labels, n_way=5, k_shot=5, n_query=n_query,
+                              episodes=EPISODES, seed=0, center=np.concatenate([s, q]).mean(0))
+        return float(r.mean), float(r.ci95)
+
+
+def sample_images(folder: Path, size: int, count: int) -> torch.Tensor:
+    """`count` images spread evenly over the sorted file list (deterministic)."""
+    files = list_images(folder)
+    idx = np.linspace(0, len(files) - 1, num=min(count, len(files))).round().astype(int)
+    images = [img for i in dict.fromkeys(idx.tolist()) if (img := load_rgb(files[i], size)) is not None]
+    if not images:
+        raise EdgesslError(f"{folder}: no readable images")
+    return torch.from_numpy(np.stack(images))
+
+
+def labelled_images(folder: Path, size: int, per_class: int, offset: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    classes = sorted(p for p in folder.iterdir() if p.is_dir())
+    if len(classes) < 5:
+        raise EdgesslError(f"{folder}: few-shot evaluation needs at least 5 class sub-folders, found {len(classes)}")
+    images, labels = [], []
+    for c, cls in enumerate(classes):
+        files = list_images(cls)[offset:offset + per_class]
+        for f in files:
+            if (img := load_rgb(f, size)) is not None:
+                images.append(img)
+                labels.append(c)
+    return torch.from_numpy(np.stack(images)), np.array(labels)
 
 
 def real_images(ckpt: dict, data: Path | None, size: int, limit: int = 64) -> torch.Tensor:
     """Real images for parity: from --data when given, else the samples stored in the checkpoint."""
-    if data is None:
-        if "samples" not in ckpt:
-            raise EdgesslError("the checkpoint holds no sample images (unfinished run?); pass --data DIR")
-        return ckpt["samples"]
-    files = list_images(data)
-    step = max(1, len(files) // limit)
-    images = [img for p in files[::step][:limit] if (img := load_rgb(p, size)) is not None]
-    if not images:
-        raise EdgesslError(f"{data}: no readable images for the parity check")
-    return torch.from_numpy(np.stack(images))
+    if data is not None:
+        return sample_images(data, size, limit)
+    if "samples" not in ckpt:
+        raise EdgesslError("the checkpoint holds no sample images (unfinished run?); pass --data DIR")
+    return ckpt["samples"]
 
 
-def export_bundle(checkpoint: Path, out: Path, *, data: Path | None = None, name: str | None = None,
-                  version: int = 1, min_cosine: float = 0.9999, force: bool = False) -> Path:
+def export_bundle(checkpoint: Path, out: Path, *, formats: list[str] | None = None, data: Path | None = None,
+                  calib: Path | None = None, calib_size: int = 300, calib_method: str = "minmax",
+                  eval_query: Path | None = None, eval_support: Path | None = None, eval_per_class: int = 100,
+                  devices: list[str] | None = None, keep_failed: bool = False, threads: int | None = None,
+                  name: str | None = None, version: int = 1, min_cosine: float = 0.9999,
+                  force: bool = False) -> Path:
     ckpt = load_checkpoint(checkpoint)
     if "center" not in ckpt:
         raise EdgesslError(f"{checkpoint}: training did not finish (no centring vector); finish or resume it")
-    cfg = ckpt["config"]
-    pre = ckpt["preprocess"]
+    cfg, pre = ckpt["config"], ckpt["preprocess"]
     spec = PreprocessSpec(input_size=tuple(pre["input_size"]), resize=pre["resize"], mean=tuple(pre["mean"]),
                           std=tuple(pre["std"]), channel_order=pre["channel_order"])
+    size = spec.input_size[0]
+    profiles = _profiles(devices or [])
+    wanted = list(dict.fromkeys(["onnx", *(formats or []),
+                                 *(f for p in profiles for f in formats_for_profile(p.backends, p.precisions))]))
     model = load_backbone(ckpt)
     if out.exists() and any(out.iterdir()) and not force:
         raise EdgesslError(f"{out}: already exists and is not empty; choose another --out or pass --force")
 
-    # Build in a temporary folder next to the target and move it into place only when it passed.
+    # Real images through the device's preprocessing: parity, calibration (others), few-shot.
+    check = device_inputs(real_images(ckpt, data, size), spec)
+    calib_inputs = check
+    if calib is not None:
+        calib_inputs = device_inputs(sample_images(calib, size, calib_size), spec)
+    elif any(f not in ("onnx", "onnx-fp16", "openvino", "tensorrt-fp16") for f in wanted):
+        log.warning("no --calib DIR: INT8 calibration uses the %d sample images of the checkpoint", len(check))
+    eval_set = None
+    if eval_query is not None:
+        q, ql = labelled_images(eval_query, size, eval_per_class)
+        s, sl = labelled_images(eval_support, size, eval_per_class) if eval_support else \
+            labelled_images(eval_query, size, eval_per_class, offset=eval_per_class)
+        counts = np.bincount(sl)
+        if counts.min() < 5 or len(ql) == 0:
+            raise EdgesslError(f"few-shot evaluation needs at least 5 support images per class; "
+                               f"{eval_support or eval_query} gives {int(counts.min())} for some class")
+        eval_set = EvalSet(device_inputs(s, spec), sl, device_inputs(q, spec), ql)
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
-        export_onnx(model, tmp / "model.onnx", spec.input_size)
-        inputs = device_inputs(real_images(ckpt, data, spec.input_size[0]), spec)
-        parity = check_parity(model, tmp / "model.onnx", "onnxruntime", inputs)
+        fp32 = export_onnx(model, tmp / "model.onnx", spec.input_size)
+        reference = torch_embeddings(model, check)
+        parity = compare(reference, backend_embeddings("onnxruntime", fp32, check))
         log.info("onnx fp32 vs torch on %d real images: min cosine %.6f", parity.images, parity.cosine_min)
         if not parity.cosine_min >= min_cosine:
             raise EdgesslError(f"ONNX model disagrees with torch: min cosine {parity.cosine_min:.6f} < "
                                f"{min_cosine} on {parity.images} real images; bundle not written")
+        metric = None
+        if eval_set is not None:
+            metric = lambda embed: eval_set.accuracy(lambda x: np.concatenate(  # noqa: E731
+                [embed(x[i:i + 64]) for i in range(0, len(x), 64)]))[0]
+        ctx = ExportContext(workdir=tmp, fp32_onnx=fp32, calib=calib_inputs, check=check,
+                            calib_method=calib_method, accuracy_metric=metric)
+
+        artifacts, rows = [], []
+        for fmt_name in wanted:
+            artifact, row = _build_and_check(FORMATS[fmt_name], ctx, reference, spec, eval_set, threads)
+            rows.append(row)
+            if artifact is not None and (row.status == "ok" or keep_failed):
+                artifacts.append(artifact)
+                rows[-1] = row.model_copy(update={"in_bundle": True})
+            elif row.file:
+                _remove_artifact(tmp, row.file)
+        for row in rows:
+            log.info("%-14s %s %s", row.name, row.status, row.reason)
+        if not any(a.label == "onnx" for a in artifacts):
+            raise EdgesslError(f"the fp32 ONNX model failed its own check: {rows[0].reason}; bundle not written")
 
         np.save(tmp / "center.npy", ckpt["center"].numpy().astype(np.float32))
-        with torch.no_grad():
-            golden = model(torch.from_numpy(inputs[:GOLDEN_IMAGES])).numpy()
-        np.savez(tmp / "golden.npz", inputs=inputs[:GOLDEN_IMAGES], embeddings=golden)
-
-        artifact = Artifact(format="onnx", precision="fp32", file="model.onnx", parity=parity.as_dict())
-        files = {f: file_entry(tmp / f) for f in ("model.onnx", "center.npy", "golden.npz")}
+        np.savez(tmp / "golden.npz", inputs=check[:GOLDEN_IMAGES], embeddings=reference[:GOLDEN_IMAGES])
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         manifest = Manifest(
             created_at=now_iso(),
             model=ModelInfo(name=name or Path(cfg["out"]).name, version=version, backbone=cfg["backbone"],
                             method=cfg["method"]),
             preprocess=spec, embedding_dim=int(ckpt["embedding_dim"]), center="center.npy",
-            golden="golden.npz", artifacts=[artifact], files=files,
+            golden="golden.npz", artifacts=artifacts, files={f: file_entry(tmp / f) for f in files},
+            profiles=[p.name for p in profiles], defaults=_defaults(profiles, artifacts, rows), report=rows,
+            report_machine=_machine(threads),
         )
         write_manifest(tmp, manifest)
         load_bundle(tmp)  # the device's own check, before the bundle is handed out
@@ -93,3 +181,83 @@ def export_bundle(checkpoint: Path, out: Path, *, data: Path | None = None, name
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when it was moved into place
     return out
+
+
+def _build_and_check(fmt: Format, ctx: ExportContext, reference: np.ndarray, spec: PreprocessSpec,
+                     eval_set: EvalSet | None, threads: int | None) -> tuple[Artifact | None, ReportRow]:
+    try:
+        file = fmt.build(ctx)
+    except Exception as exc:  # any failure of a converter is reported, not fatal to the other formats
+        log.debug("export %s failed", fmt.name, exc_info=True)
+        return None, ReportRow(name=fmt.name, status="failed-export", backend=fmt.backend,
+                               reason=f"{type(exc).__name__}: {exc}"[:300])
+    path = ctx.workdir / file
+    size = sum(p.stat().st_size for p in _artifact_files(path))
+    note = ctx.notes.get(fmt.name, "")
+    backend = fmt.backend
+    if fmt.backend == "tensorrt" and not nvidia_gpu():
+        # No GPU here: check the very ONNX file the device will build its engine from, with ONNX Runtime.
+        backend = "onnxruntime"
+        note = "; ".join(filter(None, [note, "no NVIDIA GPU here: parity via onnxruntime on the shipped ONNX; "
+                                             "the engine is built and health-checked on the device"]))
+    row = dict(name=fmt.name, backend=fmt.backend, file=file, size_bytes=size)
+    try:
+        with load_backend(backend, path, threads=threads) as b:
+            embed = lambda x: np.concatenate([b.embed(x[i:i + 16]) for i in range(0, len(x), 16)])  # noqa: E731
+            parity = compare(reference, embed(ctx.check))
+            fewshot = eval_set.accuracy(embed) if eval_set is not None else (None, None)
+            latency, throughput = speed(b, spec.input_size) if backend == fmt.backend else (None, None)
+    except Exception as exc:
+        return None, ReportRow(**row, status="failed-export", reason=f"does not run: {exc}"[:300])
+    ok = parity.cosine_median >= fmt.min_median and parity.cosine_min >= fmt.min_cosine
+    if not ok:
+        note = "; ".join(filter(None, [note, f"median cosine {parity.cosine_median:.5f} < {fmt.min_median}"
+                                       if parity.cosine_median < fmt.min_median else
+                                       f"min cosine {parity.cosine_min:.5f} < {fmt.min_cosine}"]))
+    report = ReportRow(**row, status="ok" if ok else "failed-parity", reason=note,
+                       cosine_median=parity.cosine_median, cosine_p1=parity.cosine_p1, fewshot=fewshot[0],
+                       fewshot_ci95=fewshot[1], latency_ms_b1=latency, throughput_b8=throughput)
+    artifact = Artifact(format=fmt.artifact_format, precision=fmt.precision, file=file, name=fmt.name,
+                        parity={"cosine_median": parity.cosine_median, "cosine_p1": parity.cosine_p1,
+                                "cosine_min": parity.cosine_min, "images": float(parity.images)})
+    return artifact, report
+
+
+def _artifact_files(path: Path) -> list[Path]:
+    return [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+
+
+def _remove_artifact(root: Path, file: str) -> None:
+    if file == "model.onnx":
+        return  # the fp32 model is the base of the others; it is only left out of the manifest
+    for p in _artifact_files(root / file):
+        p.unlink(missing_ok=True)
+
+
+def _profiles(names: list[str]) -> list[DeviceProfile]:
+    return [resolve_profile(n)[0] for n in names]
+
+
+def _defaults(profiles: list[DeviceProfile], artifacts: list[Artifact], rows: list[ReportRow]) -> dict[str, str]:
+    """Per profile: among the artifacts of its most preferred backend that passed parity, the
+    fastest one measured here; a backend that cannot be measured here (TensorRT without a GPU)
+    keeps the profile's own order of precisions, and the device's health check measures it."""
+    shipped = {a.label for a in artifacts}
+    ok = {r.name: r for r in rows if r.status == "ok" and r.name in shipped}
+    defaults = {}
+    for p in profiles:
+        for backend in p.backends:
+            candidates = [n for n in formats_for_profile([backend], p.precisions) if n in ok]
+            if not candidates:
+                continue
+            measured = [n for n in candidates if ok[n].latency_ms_b1 is not None]
+            defaults[p.name] = min(measured, key=lambda n: ok[n].latency_ms_b1 or 0.0) if measured else candidates[0]
+            break
+    return defaults
+
+
+def _machine(threads: int | None) -> str:
+    import os
+    import platform
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, threads={threads or 'default'}"

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from edgessl.edge_runtime.backends import load_backend
+from edgessl.edge_runtime.benchmark import cosine_rows
 from edgessl.edge_runtime.bundle import PreprocessSpec
 from edgessl.edge_runtime.preprocess import preprocess
 
@@ -31,25 +32,30 @@ class Parity:
                 "max_abs": self.max_abs, "images": float(self.images)}
 
 
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    num = (a * b).sum(1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return num / np.maximum(den, 1e-12)
-
-
 def device_inputs(images_rgb_chw: torch.Tensor, spec: PreprocessSpec) -> np.ndarray:
     """Real images (uint8 RGB CHW) as the device sees them: BGR frames through its preprocessing."""
     frames = [np.ascontiguousarray(img.permute(1, 2, 0).numpy()[:, :, ::-1]) for img in images_rgb_chw]
     return preprocess(frames, spec)
 
 
-def check_parity(model: torch.nn.Module, artifact: Path, backend: str, inputs: np.ndarray) -> Parity:
+def torch_embeddings(model: torch.nn.Module, inputs: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        reference = model.eval()(torch.from_numpy(inputs)).numpy()
-    with load_backend(backend, artifact, threads=None) as b:
-        got = np.concatenate([b.embed(inputs[i:i + 16]) for i in range(0, len(inputs), 16)])
+        return np.concatenate([model.eval()(torch.from_numpy(inputs[i:i + 64])).numpy()
+                               for i in range(0, len(inputs), 64)])
+
+
+def compare(reference: np.ndarray, got: np.ndarray) -> Parity:
     if not np.isfinite(got).all():
-        return Parity(float("nan"), float("nan"), float("nan"), float("inf"), len(inputs))
+        return Parity(float("nan"), float("nan"), float("nan"), float("inf"), len(got))
     cos = cosine_rows(reference, got)
     return Parity(float(cos.min()), float(np.median(cos)), float(np.percentile(cos, 1)),
-                  float(np.abs(reference - got).max()), len(inputs))
+                  float(np.abs(reference - got).max()), len(got))
+
+
+def backend_embeddings(backend: str, artifact: Path, inputs: np.ndarray, **options: object) -> np.ndarray:
+    with load_backend(backend, artifact, threads=None, **options) as b:
+        return np.concatenate([b.embed(inputs[i:i + 16]) for i in range(0, len(inputs), 16)])
+
+
+def check_parity(model: torch.nn.Module, artifact: Path, backend: str, inputs: np.ndarray) -> Parity:
+    return compare(torch_embeddings(model, inputs), backend_embeddings(backend, artifact, inputs))

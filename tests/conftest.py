@@ -90,3 +90,31 @@ def make_bundle(tmp_path: Path) -> Callable[..., Path]:
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One shared tiny bundle (read-only: tests that modify a bundle use make_bundle)."""
     return build_tiny_bundle(tmp_path_factory.mktemp("tiny") / "bundle")
+
+
+def _nvidia_gpu() -> str | None:
+    """None when TensorRT can run here, else why not."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "TensorRT needs an NVIDIA GPU (tensorrt is not installed and no GPU was found)"
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart  # type: ignore[no-redef]
+        except ImportError:
+            return "TensorRT needs an NVIDIA GPU and cuda-python (not installed)"
+    err, count = cudart.cudaGetDeviceCount()
+    return None if int(err) == 0 and count > 0 else "TensorRT needs an NVIDIA GPU (none found)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` run where there is an NVIDIA GPU and skip, saying so, elsewhere."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    reason = _nvidia_gpu()
+    if reason:
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason=reason))

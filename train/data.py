@@ -1,24 +1,37 @@
-"""Unlabeled image folders for pretraining, and labelled folders for evaluation.
+"""Pretraining data: image folders, videos (frames or clips) and WebDataset-style `.tar` shards;
+labelled folders for evaluation.
 
 Images are decoded with OpenCV, resized so the shorter side is `size` and centre-cropped to
 size x size (the same rule as the device's `shorter_side_crop`), and returned as uint8 CHW
-RGB tensors; augmentation happens later, on whole batches. Unreadable files are reported
-and skipped, never fatal.
+RGB tensors; augmentation happens later, on whole batches. Every dataset yields
+(tensor or None, label, name): unreadable images, broken videos and corrupt shard members
+are counted, reported and skipped, never fatal.
 """
 
 from __future__ import annotations
 
+import glob
+import io
 import logging
+import re
+import tarfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+SHARD_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
+
+DataKind = Literal["auto", "images", "video", "shards"]
+Item = tuple[torch.Tensor | None, int, str]
 
 
 def list_images(root: str | Path) -> list[Path]:
@@ -31,12 +44,8 @@ def list_images(root: str | Path) -> list[Path]:
     return files
 
 
-def load_rgb(path: Path, size: int) -> np.ndarray | None:
-    """Decode, resize the shorter side to `size`, centre-crop. None if the file is unreadable."""
-    data = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
-        return None
+def resize_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """BGR HWC -> RGB CHW uint8: shorter side to `size`, centre crop."""
     h, w = img.shape[:2]
     if (h, w) != (size, size):
         s = size / min(h, w)
@@ -45,6 +54,18 @@ def load_rgb(path: Path, size: int) -> np.ndarray | None:
         y, x = (nh - size) // 2, (nw - size) // 2
         img = img[y:y + size, x:x + size]
     return np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))
+
+
+def decode_rgb(data: bytes | np.ndarray, size: int) -> np.ndarray | None:
+    """Decode an encoded image, resize and crop. None if it cannot be decoded."""
+    buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+    return None if img is None else resize_crop(img, size)
+
+
+def load_rgb(path: Path, size: int) -> np.ndarray | None:
+    """Decode, resize the shorter side to `size`, centre-crop. None if the file is unreadable."""
+    return decode_rgb(np.fromfile(path, dtype=np.uint8), size)
 
 
 class ImageFolder(Dataset):
@@ -61,15 +82,299 @@ class ImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str]:
+    def __getitem__(self, i: int) -> Item:
         img = load_rgb(self.files[i], self.size)
         return (None if img is None else torch.from_numpy(img)), self.labels[i], str(self.files[i])
 
 
-def collate(items: list[tuple[torch.Tensor | None, int, str]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def collate(items: list[Item]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Stack the readable images; return the paths of unreadable ones so the caller can report them."""
     good = [(img, label) for img, label, _ in items if img is not None]
     bad = [path for img, _, path in items if img is None]
     if not good:
         return torch.empty(0, 3, 0, 0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), bad
     return torch.stack([g[0] for g in good]), torch.tensor([g[1] for g in good]), bad
+
+
+# ---------------------------------------------------------------- video
+
+def list_videos(root: str | Path) -> list[Path]:
+    """A video file, or every video under a folder (recursive)."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: video file or folder not found")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{root}: no videos ({', '.join(sorted(VIDEO_EXTENSIONS))}) found")
+    return files
+
+
+def decode_video(path: Path, size: int, stride: int) -> np.ndarray | None:
+    """Every `stride`-th frame of a video, resized and cropped: (F, 3, size, size) uint8, or None
+    when OpenCV cannot open it or decode a single frame. A video that breaks off midway keeps
+    the frames before the break (and is reported)."""
+    cap = cv2.VideoCapture(str(path))
+    frames: list[np.ndarray] = []
+    try:
+        if not cap.isOpened():
+            return None
+        expected = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        i = 0
+        while True:
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                break
+            if i % stride == 0:
+                frames.append(resize_crop(frame, size))
+            i += 1
+    finally:
+        cap.release()
+    if not frames:
+        return None
+    if expected > 0 and i < expected * 0.9:
+        log.warning("%s: decoding stopped after %d of %d frames (truncated or corrupt); using those", path,
+                    i, expected)
+    return np.stack(frames)
+
+
+class VideoFrames(Dataset):
+    """Frames (clip_length 1) or clips (N, T, C, H, W) of every `stride`-th frame of the videos
+    under `root`. Videos are decoded once, at `size`, and held in memory (size 32: 3 KB a frame);
+    for corpora larger than memory, write frames to `.tar` shards. Clips do not overlap:
+    clip k of a video holds sampled frames [k*T, (k+1)*T)."""
+
+    def __init__(self, root: str | Path, size: int, stride: int = 1, clip_length: int = 1) -> None:
+        if stride < 1 or clip_length < 1:
+            raise ValueError(f"stride and clip_length must be >= 1, got {stride} and {clip_length}")
+        self.root, self.size, self.stride, self.clip_length = Path(root), size, stride, clip_length
+        self.videos: list[Path] = []
+        self.frames: list[torch.Tensor] = []
+        self.broken: list[str] = []
+        for path in list_videos(self.root):
+            data = decode_video(path, size, stride)
+            if data is None:
+                log.warning("skipping broken video %s (OpenCV cannot decode it)", path)
+                self.broken.append(str(path))
+                continue
+            self.videos.append(path)
+            self.frames.append(torch.from_numpy(data))
+        if self.broken:
+            log.warning("%d broken videos skipped", len(self.broken))
+        self.index = [(v, k) for v, f in enumerate(self.frames) for k in range(len(f) // clip_length)]
+        if not self.index:
+            raise FileNotFoundError(f"{self.root}: no clip of {clip_length} frames (stride {stride}) in "
+                                    f"{len(self.videos)} readable videos ({len(self.broken)} broken)")
+        self.labels = [-1] * len(self.index)
+        log.info("%d videos, %d frames sampled (stride %d), %d %s", len(self.videos),
+                 sum(len(f) for f in self.frames), stride, len(self.index),
+                 "frames" if clip_length == 1 else f"clips of {clip_length}")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> Item:
+        v, k = self.index[i]
+        t = self.clip_length
+        clip = self.frames[v][k * t:(k + 1) * t]
+        name = f"{self.videos[v]}#{k * t * self.stride}"
+        return (clip[0] if t == 1 else clip), -1, name
+
+
+# ---------------------------------------------------------------- WebDataset-style shards
+
+def expand_shards(spec: str) -> list[Path]:
+    """Shard paths from a spec: one `.tar`, a folder of them, a glob, brace ranges as in
+    WebDataset (`data/shard-{000000..000099}.tar`), or several specs separated by commas."""
+    out: list[Path] = []
+    for part in spec.split(","):
+        part = part.strip()
+        m = re.search(r"\{(\d+)\.\.(\d+)\}", part)
+        if m:
+            lo, hi = m.group(1), m.group(2)
+            width = len(lo)
+            for i in range(int(lo), int(hi) + 1):
+                out.extend(expand_shards(part[:m.start()] + str(i).zfill(width) + part[m.end():]))
+            continue
+        p = Path(part)
+        if p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*") if q.name.endswith(SHARD_EXTENSIONS)))
+        elif any(c in part for c in "*?["):
+            out.extend(sorted(Path(q) for q in glob.glob(part)))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{part}: shard not found")
+    if not out:
+        raise FileNotFoundError(f"{spec}: no .tar shards found")
+    return out
+
+
+def is_shard_spec(spec: str) -> bool:
+    if "{" in spec or "," in spec or spec.endswith(SHARD_EXTENSIONS) or any(c in spec for c in "*?["):
+        return True
+    p = Path(spec)
+    return p.is_dir() and any(q.name.endswith(SHARD_EXTENSIONS) for q in p.iterdir()) and not any(
+        q.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS for q in p.rglob("*"))
+
+
+def _split_key(name: str) -> tuple[str, str]:
+    """WebDataset convention: `dir/key.ext1.ext2` -> ("dir/key", "ext1.ext2")."""
+    d, _, base = name.rpartition("/")
+    key, _, ext = base.partition(".")
+    return (f"{d}/{key}" if d else key), ext.lower()
+
+
+def iter_shard(path: Path) -> Iterator[tuple[str, bytes | None, int]]:
+    """(key, image bytes or None, label) of each sample of a tar, streamed (never unpacked).
+    A sample is the run of consecutive members sharing a key; `.cls` holds an integer label."""
+    key: str | None = None
+    image: bytes | None = None
+    label = -1
+    try:
+        with tarfile.open(path, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                k, ext = _split_key(member.name)
+                if k != key:
+                    if key is not None:
+                        yield key, image, label
+                    key, image, label = k, None, -1
+                f = tar.extractfile(member)
+                data = f.read() if f is not None else b""
+                if "." + ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS and image is None:
+                    image = data
+                elif ext == "cls":
+                    try:
+                        label = int(data.decode().strip())
+                    except ValueError:
+                        label = -1
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        log.warning("%s: shard is corrupt after key %r (%s); skipping the rest of it", path, key, exc)
+    if key is not None:
+        yield key, image, label
+
+
+def count_shard(path: Path) -> int:
+    """Samples in a shard, from the tar headers only (uncompressed tars are not read through)."""
+    keys = set()
+    try:
+        with tarfile.open(path, mode="r:*") as tar:
+            for member in tar.getmembers():
+                if member.isfile():
+                    k, ext = _split_key(member.name)
+                    if "." + ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
+                        keys.add(k)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        log.warning("%s: cannot read the shard index (%s); counting what was readable", path, exc)
+    return len(keys)
+
+
+class TarShards(IterableDataset):
+    """Samples of WebDataset-style `.tar` shards, streamed: every process gets its own shards
+    (`shards[rank::world]`), every loader worker a part of those, and a seeded shuffle buffer
+    mixes samples. The stream is endless (it cycles through the shards, reshuffled each time);
+    the training loop takes `steps_per_epoch` batches from it per epoch, so all processes take
+    the same number of steps."""
+
+    def __init__(self, spec: str, size: int, seed: int = 0, shuffle_buffer: int = 2000) -> None:
+        self.shards = expand_shards(spec)
+        self.size, self.seed, self.shuffle_buffer = size, seed, shuffle_buffer
+        self.counts = [count_shard(p) for p in self.shards]
+        if sum(self.counts) == 0:
+            raise FileNotFoundError(f"{spec}: the shards hold no images")
+        self.epoch, self.rank, self.world = 0, 0, 1
+        log.info("%d shards, %d samples", len(self.shards), sum(self.counts))
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    def samples_per_rank(self, world: int) -> list[int]:
+        if world > len(self.shards):
+            raise ValueError(f"{len(self.shards)} shards for {world} processes: each process needs at least one")
+        return [sum(self.counts[r::world]) for r in range(world)]
+
+    def set_epoch(self, epoch: int, rank: int = 0, world: int = 1) -> None:
+        self.epoch, self.rank, self.world = epoch, rank, world
+
+    def __iter__(self) -> Iterator[Item]:
+        mine = list(range(len(self.shards)))[self.rank::self.world]
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        gen = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+        buffer: list[tuple[int, tuple[str, bytes | None, int]]] = []
+        cycle = 0
+        while True:
+            shuffle = np.random.default_rng([self.seed, self.epoch, self.rank, cycle])
+            order = [mine[i] for i in shuffle.permutation(len(mine))]
+            cycle += 1
+            # Whole shards per worker when there are enough, else every worker reads all and keeps every k-th.
+            split_shards = len(order) >= workers
+            for s in order[worker::workers] if split_shards else order:
+                for j, sample in enumerate(iter_shard(self.shards[s])):
+                    if not split_shards and j % workers != worker:
+                        continue
+                    if len(buffer) < self.shuffle_buffer:
+                        buffer.append((s, sample))
+                        continue
+                    k = int(gen.integers(len(buffer)))
+                    buffer[k], out = (s, sample), buffer[k]
+                    yield self._decode(*out)
+            if len(buffer) < self.shuffle_buffer:  # fewer samples than the buffer: shuffle what there is
+                gen.shuffle(buffer)  # type: ignore[arg-type]
+                yield from (self._decode(*b) for b in buffer)
+                buffer.clear()
+
+    def _decode(self, shard: int, sample: tuple[str, bytes | None, int]) -> Item:
+        key, data, label = sample
+        img = decode_rgb(data, self.size) if data else None
+        return (None if img is None else torch.from_numpy(img)), label, f"{self.shards[shard]}:{key}"
+
+
+# ---------------------------------------------------------------- choosing a dataset
+
+def detect_kind(spec: str) -> Literal["images", "video", "shards"]:
+    if is_shard_spec(spec):
+        return "shards"
+    p = Path(spec)
+    if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS:
+        return "video"
+    if p.is_dir():
+        has_images = any(q.suffix.lower() in IMAGE_EXTENSIONS for q in p.rglob("*"))
+        has_videos = any(q.suffix.lower() in VIDEO_EXTENSIONS for q in p.rglob("*"))
+        if has_videos and not has_images:
+            return "video"
+        return "images"
+    raise FileNotFoundError(f"{spec}: no image folder, video, or .tar shards there")
+
+
+def build_dataset(spec: str, size: int, kind: DataKind = "auto", *, clip_length: int = 1,
+                  video_stride: int = 1, seed: int = 0) -> Dataset | TarShards:
+    """The pretraining dataset for `spec`; clip_length > 1 asks for clips (video only)."""
+    kind = detect_kind(spec) if kind == "auto" else kind
+    if clip_length > 1 and kind != "video":
+        raise ValueError(f"{spec}: this method trains on clips of {clip_length} frames and needs videos "
+                         f"(a video file or a folder of {', '.join(sorted(VIDEO_EXTENSIONS))}), got {kind}")
+    if kind == "video":
+        return VideoFrames(spec, size, stride=video_stride, clip_length=clip_length)
+    if kind == "shards":
+        return TarShards(spec, size, seed=seed)
+    return ImageFolder(spec, size)
+
+
+def write_shards(images: list[Path], out_pattern: str, per_shard: int = 1000) -> list[Path]:
+    """Pack image files into WebDataset-style tars (`out_pattern` with one `{}` for the shard index)."""
+    paths = []
+    for s in range(0, len(images), per_shard):
+        path = Path(out_pattern.format(f"{s // per_shard:06d}"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(path, "w") as tar:
+            for i, img in enumerate(images[s:s + per_shard]):
+                data = img.read_bytes()
+                info = tarfile.TarInfo(f"{s + i:09d}{img.suffix.lower()}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        paths.append(path)
+    return paths

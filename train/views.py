@@ -2,15 +2,19 @@
 
 They run on a whole uint8 batch at once (one `grid_sample`, a few tensor ops), so the
 augmentation costs a small fraction of a training step instead of a Python loop per image.
+Random parameters are drawn on the CPU from the step's generator (see `rng`), then moved
+to the images' device: the same seed gives the same views on CPU and GPU.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+
+from edgessl.train import rng
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,7 +37,7 @@ class ViewConfig:
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None) -> torch.Tensor:
-    return torch.rand(n, generator=g) * (hi - lo) + lo
+    return rng.rand(g, n) * (hi - lo) + lo
 
 
 def random_resized_crop(x: torch.Tensor, cfg: ViewConfig, g: torch.Generator | None = None) -> torch.Tensor:
@@ -45,15 +49,15 @@ def random_resized_crop(x: torch.Tensor, cfg: ViewConfig, g: torch.Generator | N
     # Crop width/height as fractions of the image (affine_grid works in [-1, 1] coordinates).
     w = torch.sqrt(area * ratio).clamp(max=1.0)
     h = torch.sqrt(area / ratio).clamp(max=1.0)
-    cx = (torch.rand(n, generator=g) * 2 - 1) * (1 - w)
-    cy = (torch.rand(n, generator=g) * 2 - 1) * (1 - h)
-    flip = torch.where(torch.rand(n, generator=g) < cfg.flip_p, -1.0, 1.0)
+    cx = (rng.rand(g, n) * 2 - 1) * (1 - w)
+    cy = (rng.rand(g, n) * 2 - 1) * (1 - h)
+    flip = torch.where(rng.rand(g, n) < cfg.flip_p, -1.0, 1.0)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = w * flip
     theta[:, 0, 2] = cx
     theta[:, 1, 1] = h
     theta[:, 1, 2] = cy
-    grid = F.affine_grid(theta, [n, x.shape[1], cfg.size, cfg.size], align_corners=False)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), [n, x.shape[1], cfg.size, cfg.size], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -62,7 +66,8 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 
 def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (factor.view(-1, 1, 1, 1) * a + (1 - factor.view(-1, 1, 1, 1)) * b).clamp(0, 1)
+    factor = factor.to(a.device, a.dtype).view(-1, 1, 1, 1)
+    return (factor * a + (1 - factor) * b).clamp(0, 1)
 
 
 def _rotate_hue(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
@@ -74,35 +79,46 @@ def _rotate_hue(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     rot = torch.zeros(len(turns), 3, 3)
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-    m = rgb @ rot @ yiq  # (N, 3, 3)
+    m = (rgb @ rot @ yiq).to(x.device, x.dtype)  # (N, 3, 3)
     return torch.einsum("nij,njhw->nihw", m, x).clamp(0, 1)
 
 
 def color_jitter(x: torch.Tensor, cfg: ViewConfig, g: torch.Generator | None = None) -> torch.Tensor:
     n = x.shape[0]
-    on = (torch.rand(n, generator=g) < cfg.jitter_p).float()
+    on = (rng.rand(g, n) < cfg.jitter_p).float()
 
     def factor(strength: float) -> torch.Tensor:  # 1 where jitter is off
         return 1 + on * _uniform(n, -strength, strength, g)
 
-    x = (x * factor(cfg.brightness).view(-1, 1, 1, 1)).clamp(0, 1)
+    x = (x * factor(cfg.brightness).to(x.device, x.dtype).view(-1, 1, 1, 1)).clamp(0, 1)
     x = _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True), factor(cfg.contrast))
     x = _blend(x, _gray(x), factor(cfg.saturation))
     return _rotate_hue(x, on * _uniform(n, -cfg.hue, cfg.hue, g))
 
 
 def random_grayscale(x: torch.Tensor, p: float, g: torch.Generator | None = None) -> torch.Tensor:
-    mask = (torch.rand(x.shape[0], generator=g) < p).view(-1, 1, 1, 1)
+    mask = (rng.rand(g, x.shape[0]) < p).to(x.device).view(-1, 1, 1, 1)
     return torch.where(mask, _gray(x).expand_as(x), x)
 
 
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 NCHW -> float 0..1 NCHW."""
     return images.float().div_(255)
+
+
+def augment(x: torch.Tensor, cfg: ViewConfig, g: torch.Generator | None = None) -> torch.Tensor:
+    """One augmented view of float 0..1 images, not yet normalised."""
+    v = random_resized_crop(x, cfg, g)
+    if cfg.jitter_p > 0:
+        v = color_jitter(v, cfg, g)
+    if cfg.gray_p > 0:
+        v = random_grayscale(v, cfg.gray_p, g)
+    return v
 
 
 class ViewGenerator:
@@ -116,11 +132,29 @@ class ViewGenerator:
         x = to_float(images)
         views = []
         for _ in range(self.n_views):
-            v = random_resized_crop(x, self.cfg, g)
-            v = color_jitter(v, self.cfg, g)
-            v = random_grayscale(v, self.cfg.gray_p, g)
+            v = augment(x, self.cfg, g)
             views.append(normalize(v, self.cfg.mean, self.cfg.std).contiguous(memory_format=torch.channels_last))
         return views
+
+
+class MultiCropViews:
+    """DINO/SwAV multi-crop: `n_global` large crops at the training size and `n_local` small
+    crops of small areas. Returns the global views first, then the local ones."""
+
+    def __init__(self, cfg: ViewConfig, n_global: int = 2, n_local: int = 4,
+                 global_scale: tuple[float, float] = (0.3, 1.0), local_scale: tuple[float, float] = (0.1, 0.3),
+                 local_size: int | None = None) -> None:
+        self.global_cfg = replace(cfg, scale=global_scale)
+        self.local_cfg = replace(cfg, scale=local_scale, size=local_size or max(8, cfg.size // 2))
+        self.n_global, self.n_local = n_global, n_local
+
+    def __call__(self, images: torch.Tensor, g: torch.Generator | None = None) -> list[torch.Tensor]:
+        x = to_float(images)
+        out = []
+        for i in range(self.n_global + self.n_local):
+            cfg = self.global_cfg if i < self.n_global else self.local_cfg
+            out.append(normalize(augment(x, cfg, g), cfg.mean, cfg.std).contiguous(memory_format=torch.channels_last))
+        return out
 
 
 def eval_transform(images: torch.Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

@@ -17,6 +17,8 @@ from edgessl.errors import BackendError
 # name -> "module:Class". A new backend is one file in this folder and one line here.
 BACKENDS: dict[str, str] = {
     "onnxruntime": "edgessl.edge_runtime.backends.ort:OnnxRuntimeBackend",
+    "openvino": "edgessl.edge_runtime.backends.openvino:OpenVinoBackend",
+    "tensorrt": "edgessl.edge_runtime.backends.tensorrt:TensorRtBackend",
 }
 
 
@@ -52,6 +54,14 @@ def backend_class(name: str) -> type[Backend]:
     module_name, class_name = target.split(":")
     cls: type[Backend] = getattr(importlib.import_module(module_name), class_name)
     return cls
+
+
+def backend_for(artifact_format: str) -> str:
+    """The name of the backend that runs artifacts of `artifact_format` (onnx, openvino, tensorrt)."""
+    for name in BACKENDS:
+        if backend_class(name).artifact_format == artifact_format:
+            return name
+    raise BackendError(f"no backend runs {artifact_format!r} artifacts; backends: {', '.join(sorted(BACKENDS))}")
 
 
 def load_backend(name: str, model_path: str | Path, *, threads: int | None = None, **options: Any) -> Backend:

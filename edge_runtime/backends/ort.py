@@ -1,4 +1,9 @@
-"""ONNX Runtime backend (CPU by default; any installed execution provider by name)."""
+"""ONNX Runtime backend (CPU by default; any installed execution provider by name).
+
+`providers` takes ONNX Runtime's own names, in preference order, e.g.
+("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider") on a Jetson,
+or ("OpenVINOExecutionProvider", "CPUExecutionProvider") with onnxruntime-openvino.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgessl.edge_runtime.backends import Backend, check_batch
+from edgessl.edge_runtime.bundle import check_external_data
 from edgessl.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -33,6 +39,7 @@ class OnnxRuntimeBackend(Backend):
                                f"available here: {', '.join(available)}")
         if not Path(model_path).is_file():
             raise BackendError(f"{model_path}: model file not found")
+        check_external_data(Path(model_path))  # before ONNX Runtime opens any external-data file
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads

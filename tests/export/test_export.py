@@ -9,17 +9,6 @@ from edgessl.edge_runtime.extractor import FeatureExtractor
 from edgessl.errors import EdgesslError
 from edgessl.export import bundle_writer
 from edgessl.export.bundle_writer import export_bundle
-from edgessl.synthetic import write_image_set
-from edgessl.train.pretrain import PretrainConfig, pretrain
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    write_image_set(root / "images", per_class=4, size=24, seed=0)
-    cfg = PretrainConfig(data=str(root / "images"), out=str(root / "run"), image_size=16, batch_size=10,
-                         epochs=1, threads=1)
-    return pretrain(cfg)
 
 
 def test_export_writes_a_bundle_the_device_loads(checkpoint, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgessl.train.distributed import gather
 from edgessl.train.losses import nt_xent
 from edgessl.train.methods import Method, mlp_head
 from edgessl.train.views import ViewConfig, ViewGenerator
@@ -23,4 +24,5 @@ class SimCLR(Method):
         # One forward pass over both views: BatchNorm sees the whole 2N batch, and it is faster.
         z = self.head(self.backbone(torch.cat([v1, v2])))
         z1, z2 = z.chunk(2)
-        return nt_xent(z1, z2, self.temperature)
+        # Negatives come from the global batch (all processes); a no-op in a single process.
+        return nt_xent(gather(z1), gather(z2), self.temperature)

@@ -1,0 +1,140 @@
+"""Export formats, one registry: name -> how to build the artifact and which backend runs it.
+
+Every format starts from the verified fp32 ONNX model. TensorRT formats ship an ONNX file
+(fp16, or QDQ INT8 with symmetric activations for explicit quantization); the engine is built
+on the device, or here when an NVIDIA GPU is present.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportContext:
+    workdir: Path  # the bundle being built
+    fp32_onnx: Path
+    calib: np.ndarray  # preprocessed calibration inputs
+    check: np.ndarray  # preprocessed real inputs for the parity target (not the calibration images)
+    calib_method: str = "minmax"
+    int8_target: float = 0.99
+    accuracy_metric: Callable[[Callable[[np.ndarray], np.ndarray]], float] | None = None  # for NNCF's control
+    notes: dict[str, str] = field(default_factory=dict)  # format name -> what was done, for the report
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    backend: str  # the edge runtime backend that runs it
+    artifact_format: str  # Artifact.format in the manifest
+    precision: str
+    build: Callable[[ExportContext], str]  # writes the files, returns the main file (relative)
+    min_median: float  # parity: median embedding cosine against fp32 torch
+    min_cosine: float = -1.0  # parity: lowest cosine on any image
+
+
+def _onnx(ctx: ExportContext) -> str:
+    return ctx.fp32_onnx.name
+
+
+def _onnx_fp16(ctx: ExportContext) -> str:
+    out = ctx.workdir / "model.fp16.onnx"
+    if not out.exists():
+        from onnxconverter_common import float16
+
+        model = float16.convert_float_to_float16(onnx.load(str(ctx.fp32_onnx)), keep_io_types=True)
+        onnx.save(model, str(out))
+    return out.name
+
+
+def _int8(ctx: ExportContext, name: str, file: str, symmetric: bool) -> str:
+    from edgessl.export.quantize_ort import quantize_int8
+
+    result = quantize_int8(ctx.fp32_onnx, ctx.workdir / file, ctx.calib, ctx.check, method=ctx.calib_method,
+                           symmetric_activations=symmetric, target_median=ctx.int8_target)
+    ctx.notes[name] = (f"{ctx.calib_method} calibration on {len(ctx.calib)} images"
+                       + (f"; kept in fp32: {', '.join(result.excluded)}" if result.excluded else ""))
+    return file
+
+
+def _onnx_int8(ctx: ExportContext) -> str:
+    return _int8(ctx, "onnx-int8", "model.int8.onnx", symmetric=False)
+
+
+def _openvino(ctx: ExportContext) -> str:
+    from edgessl.export.quantize_ov import convert_ir
+
+    return convert_ir(ctx.fp32_onnx, ctx.workdir / "openvino" / "model.xml").relative_to(ctx.workdir).as_posix()
+
+
+def _openvino_int8(ctx: ExportContext) -> str:
+    from edgessl.export.quantize_ov import quantize_ir
+
+    xml = ctx.workdir / "openvino" / "model.int8.xml"
+    validate: Callable[[object], float] | None = None
+    if ctx.accuracy_metric is not None:
+        metric = ctx.accuracy_metric
+        validate = lambda compiled: metric(lambda batch: np.asarray(compiled(batch)[0]))  # type: ignore[operator]  # noqa: E731
+
+    quantize_ir(ctx.fp32_onnx, xml, ctx.calib, validate=validate)
+    ctx.notes["openvino-int8"] = (f"NNCF {'accuracy-controlled (max drop 1 point) ' if validate is not None else ''}"
+                                  f"post-training quantization, {len(ctx.calib)} calibration images")
+    return xml.relative_to(ctx.workdir).as_posix()
+
+
+def _tensorrt_fp16(ctx: ExportContext) -> str:
+    return _onnx_fp16(ctx)
+
+
+def _tensorrt_int8(ctx: ExportContext) -> str:
+    return _int8(ctx, "tensorrt-int8", "model.int8-sym.onnx", symmetric=True)
+
+
+FORMATS: dict[str, Format] = {f.name: f for f in (
+    Format("onnx", "onnxruntime", "onnx", "fp32", _onnx, min_median=0.9999, min_cosine=0.9999),
+    Format("onnx-fp16", "onnxruntime", "onnx", "fp16", _onnx_fp16, min_median=0.999),
+    Format("onnx-int8", "onnxruntime", "onnx", "int8", _onnx_int8, min_median=0.99),
+    Format("openvino", "openvino", "openvino", "fp16", _openvino, min_median=0.999),
+    Format("openvino-int8", "openvino", "openvino", "int8", _openvino_int8, min_median=0.99),
+    Format("tensorrt-fp16", "tensorrt", "tensorrt", "fp16", _tensorrt_fp16, min_median=0.999),
+    Format("tensorrt-int8", "tensorrt", "tensorrt", "int8", _tensorrt_int8, min_median=0.99),
+)}
+
+
+def parse_formats(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown or not names:
+        raise ValueError(f"unknown export format(s) {', '.join(unknown) or '(none given)'}; "
+                         f"valid: {', '.join(FORMATS)}")
+    return list(dict.fromkeys(["onnx", *names]))  # fp32 ONNX is the base of every other format
+
+
+def nvidia_gpu() -> bool:
+    """Whether TensorRT can build engines here."""
+    try:
+        from edgessl.edge_runtime.backends.tensorrt import _imports
+
+        _, cudart = _imports()
+        err, count = cudart.cudaGetDeviceCount()
+        return int(err) == 0 and count > 0
+    except Exception:
+        return False
+
+
+# (backend, precision) -> format name; what a device profile's preferences mean for export.
+_BY_BACKEND_PRECISION = {(f.backend, f.precision): f.name for f in FORMATS.values()}
+_BY_BACKEND_PRECISION[("openvino", "fp32")] = "openvino"  # IR with fp16-compressed weights, computed in fp32 on CPU
+
+
+def formats_for_profile(backends: list[str], precisions: list[str]) -> list[str]:
+    """Formats a device profile can run, in its order of preference."""
+    return [_BY_BACKEND_PRECISION[(b, p)] for b in backends for p in precisions if (b, p) in _BY_BACKEND_PRECISION]
