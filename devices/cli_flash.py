@@ -32,9 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if args.to:
         outcome = flash(args.bundle, args.to, token=token, allow_downgrade=args.allow_downgrade)
         if isinstance(outcome, InstallResult):
-            for step in outcome.steps:
-                print(f"  {step}")
-            print(outcome.reason)
+            print(outcome.reason)  # the steps were logged as they happened
         else:
             print(json.dumps(outcome, indent=2, sort_keys=True))
         return 0

@@ -36,10 +36,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"next: edgessl flash BUNDLE --to {st.root}")
         return 0
     if args.action == "rollback":
-        result = installer.rollback(args.root)
-        for step in result.steps:
-            print(f"  {step}")
-        print(result.reason)
+        print(installer.rollback(args.root).reason)  # the steps were logged as they happened
         return 0
     if args.action == "check":
         from edgessl.edge_runtime.health import run_health_check

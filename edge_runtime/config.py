@@ -54,10 +54,10 @@ class RegionConfig(_Strict):
 
     name: str = Field(pattern=NAME_PATTERN, description="region name (letters, digits, '_' and '-'; "
                       "at most 32 characters); used in MQTT topics and events")
-    x: float = Field(0.0, ge=0, lt=1, description="left edge, as a fraction of the frame width (0..1)")
-    y: float = Field(0.0, ge=0, lt=1, description="top edge, as a fraction of the frame height (0..1)")
-    width: float = Field(1.0, gt=0, le=1, description="width, as a fraction of the frame width")
-    height: float = Field(1.0, gt=0, le=1, description="height, as a fraction of the frame height")
+    x: float = Field(default=0.0, ge=0, lt=1, description="left edge, as a fraction of the frame width (0..1)")
+    y: float = Field(default=0.0, ge=0, lt=1, description="top edge, as a fraction of the frame height (0..1)")
+    width: float = Field(default=1.0, gt=0, le=1, description="width, as a fraction of the frame width")
+    height: float = Field(default=1.0, gt=0, le=1, description="height, as a fraction of the frame height")
 
     @model_validator(mode="after")
     def _inside(self) -> RegionConfig:
@@ -81,10 +81,10 @@ FULL_FRAME = RegionConfig(name="full")
 class BackoffConfig(_Strict):
     """Reconnection delays: initial_s, then multiplied by `factor` per failed attempt, up to max_s."""
 
-    initial_s: float = Field(0.5, gt=0, le=3600, description="delay before the first reconnection attempt (seconds)")
-    max_s: float = Field(30.0, gt=0, le=3600, description="longest delay between attempts (seconds)")
-    factor: float = Field(2.0, ge=1, le=10, description="the delay is multiplied by this after each failed attempt")
-    jitter: float = Field(0.2, ge=0, lt=1, description="each delay is scaled by a random factor in "
+    initial_s: float = Field(default=0.5, gt=0, le=3600, description="delay before the first reconnection attempt (seconds)")
+    max_s: float = Field(default=30.0, gt=0, le=3600, description="longest delay between attempts (seconds)")
+    factor: float = Field(default=2.0, ge=1, le=10, description="the delay is multiplied by this after each failed attempt")
+    jitter: float = Field(default=0.2, ge=0, lt=1, description="each delay is scaled by a random factor in "
                           "[1 - jitter, 1 + jitter], so cameras that failed together do not retry together")
 
     def delay(self, attempt: int, rand: float) -> float:
@@ -100,25 +100,25 @@ class CameraConfig(_Strict):
                     "characters); used in URLs, MQTT topics and metrics")
     url: str = Field(description="rtsp://..., rtsps://..., http(s)://... (MJPEG or anything FFmpeg reads), "
                      "/dev/videoN (V4L2), or a video file path (relative to the config file)")
-    enabled: bool = Field(True, description="false: keep the camera in the file but do not open it")
-    transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport (RTSP only)")
-    mode: Literal["latest", "every"] = Field(
+    enabled: bool = Field(default=True, description="false: keep the camera in the file but do not open it")
+    transport: Literal["tcp", "udp"] = Field(default="tcp", description="RTSP transport (RTSP only)")
+    mode: Literal["latest", "every"] = Field(default=
         "latest", description="latest: keep only the newest frame (bounded latency; older frames are dropped "
         "and counted); every: process every frame in order (for files; the reader waits for the inference)")
-    loop: bool = Field(False, description="files: start again at the end instead of stopping")
-    realtime: bool | None = Field(None, description="files: deliver frames at the file's frame rate like a live "
+    loop: bool = Field(default=False, description="files: start again at the end instead of stopping")
+    realtime: bool | None = Field(default=None, description="files: deliver frames at the file's frame rate like a live "
                                   "camera (default: true in latest mode, false in every mode)")
-    fps: float | None = Field(None, gt=0, le=1000, description="files in real time: frame rate to play at "
+    fps: float | None = Field(default=None, gt=0, le=1000, description="files in real time: frame rate to play at "
                               "(default: the file's own frame rate, or 25 if it has none)")
     regions: list[RegionConfig] = Field(default_factory=list, description="regions classified on their own; "
                                         "empty: the whole frame, as one region named 'full'")
-    open_timeout_s: float = Field(10.0, gt=0, le=300, description="give up opening the stream after this long")
-    stall_timeout_s: float = Field(5.0, gt=0, le=3600, description="no new frame for this long: the camera is "
+    open_timeout_s: float = Field(default=10.0, gt=0, le=300, description="give up opening the stream after this long")
+    stall_timeout_s: float = Field(default=5.0, gt=0, le=3600, description="no new frame for this long: the camera is "
                                    "'stalled', and the stream is reopened (the read gives up after this long)")
     backoff: BackoffConfig = Field(default_factory=BackoffConfig, description="delays between reconnections")
-    max_attempts: int | None = Field(None, ge=1, description="consecutive failed connections after which the "
+    max_attempts: int | None = Field(default=None, ge=1, description="consecutive failed connections after which the "
                                      "camera is 'failed' and left alone; null: retry forever")
-    queue_size: int = Field(8, ge=1, le=1024, description="every mode: frames buffered between reader and inference")
+    queue_size: int = Field(default=8, ge=1, le=1024, description="every mode: frames buffered between reader and inference")
 
     @field_validator("url")
     @classmethod
@@ -169,13 +169,13 @@ class CameraConfig(_Strict):
 class ModelConfig(_Strict):
     """Where the model comes from: a bundle folder, or a device root managed by the A/B installer."""
 
-    bundle: ConfigPath | None = Field(None, description="a bundle folder (with manifest.json); uploaded models "
+    bundle: ConfigPath | None = Field(default=None, description="a bundle folder (with manifest.json); uploaded models "
                                       "are unpacked into state_dir/bundles and last until a restart")
-    root: ConfigPath | None = Field(None, description="a device root provisioned with `edgessl device`: the "
+    root: ConfigPath | None = Field(default=None, description="a device root provisioned with `edgessl device`: the "
                                     "active slot's bundle is loaded and uploads go through the A/B installer")
-    backend: str = Field("onnxruntime", description="inference backend (see edgessl.edge_runtime.backends)")
-    precision: str = Field("fp32", description="which of the bundle's artifacts to run: fp32, fp16 or int8")
-    threads: int | None = Field(None, ge=1, le=256, description="inference threads (null: the backend's choice)")
+    backend: str = Field(default="onnxruntime", description="inference backend (see edgessl.edge_runtime.backends)")
+    precision: str = Field(default="fp32", description="which of the bundle's artifacts to run: fp32, fp16 or int8")
+    threads: int | None = Field(default=None, ge=1, le=256, description="inference threads (null: the backend's choice)")
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -185,22 +185,22 @@ class ModelConfig(_Strict):
 
 
 class ClassifierConfig(_Strict):
-    threshold: float = Field(0.5, ge=-1, le=1, description="lowest (smoothed) centred cosine similarity to a "
+    threshold: float = Field(default=0.5, ge=-1, le=1, description="lowest (smoothed) centred cosine similarity to a "
                              "class prototype that names the class; below it the label is 'unknown'")
 
 
 class SmoothingConfig(_Strict):
     """How per-frame scores become a stable label (per camera region)."""
 
-    alpha: float = Field(0.5, gt=0, le=1, description="EMA weight of the newest frame's scores (1: no smoothing)")
-    hysteresis: float = Field(0.05, ge=0, lt=1, description="the current label is kept until its smoothed score "
+    alpha: float = Field(default=0.5, gt=0, le=1, description="EMA weight of the newest frame's scores (1: no smoothing)")
+    hysteresis: float = Field(default=0.05, ge=0, lt=1, description="the current label is kept until its smoothed score "
                               "drops below threshold - hysteresis, or another class beats it by more than this")
-    consecutive: int = Field(3, ge=1, le=1000, description="a new label must be proposed this many processed "
+    consecutive: int = Field(default=3, ge=1, le=1000, description="a new label must be proposed this many processed "
                              "frames in a row before it replaces the current one")
 
 
 class InferenceConfig(_Strict):
-    max_batch: int = Field(16, ge=1, le=1024, description="most crops (frames x regions) embedded in one batch")
+    max_batch: int = Field(default=16, ge=1, le=1024, description="most crops (frames x regions) embedded in one batch")
 
 
 class MqttConfig(_Strict):
@@ -208,63 +208,63 @@ class MqttConfig(_Strict):
     <prefix>/<device>/<camera>/<region>/state (JSON, retained) and <prefix>/<device>/events (JSON)."""
 
     host: str = Field(description="broker host name or address")
-    port: int = Field(1883, ge=1, le=65535, description="broker port")
-    topic_prefix: str = Field("edgessl", pattern=r"^[^#+\s]+$", description="first level of every topic")
-    qos: Literal[0, 1, 2] = Field(1, description="MQTT quality of service of every message")
-    client_id: str | None = Field(None, description="default: edgessl-<device>")
-    username: str | None = Field(None, description="broker user name")
-    password_file: ConfigPath | None = Field(None, description="file holding the broker password")
-    tls: bool = Field(False, description="connect with TLS (system CA certificates)")
-    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive interval (seconds)")
-    reconnect_max_s: int = Field(30, ge=1, le=3600, description="longest delay between reconnection attempts")
+    port: int = Field(default=1883, ge=1, le=65535, description="broker port")
+    topic_prefix: str = Field(default="edgessl", pattern=r"^[^#+\s]+$", description="first level of every topic")
+    qos: Literal[0, 1, 2] = Field(default=1, description="MQTT quality of service of every message")
+    client_id: str | None = Field(default=None, description="default: edgessl-<device>")
+    username: str | None = Field(default=None, description="broker user name")
+    password_file: ConfigPath | None = Field(default=None, description="file holding the broker password")
+    tls: bool = Field(default=False, description="connect with TLS (system CA certificates)")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive interval (seconds)")
+    reconnect_max_s: int = Field(default=30, ge=1, le=3600, description="longest delay between reconnection attempts")
 
 
 class JsonlConfig(_Strict):
     path: ConfigPath = Field(description="events are appended here, one JSON object per line")
-    max_bytes: int = Field(10_000_000, ge=1024, description="rotate the file when it grows past this size")
-    backups: int = Field(5, ge=0, le=1000, description="rotated files kept (path.1 is the newest)")
+    max_bytes: int = Field(default=10_000_000, ge=1024, description="rotate the file when it grows past this size")
+    backups: int = Field(default=5, ge=0, le=1000, description="rotated files kept (path.1 is the newest)")
 
 
 class WebhookConfig(_Strict):
     url: str = Field(pattern=r"^https?://", description="every event is POSTed here as JSON")
     headers: dict[str, str] = Field(default_factory=dict, description="extra request headers, e.g. Authorization")
-    timeout_s: float = Field(5.0, gt=0, le=300, description="timeout of one request")
-    retries: int = Field(3, ge=0, le=100, description="further attempts after a failed request")
-    backoff_s: float = Field(1.0, ge=0, le=300, description="delay before the first retry; doubles after each")
+    timeout_s: float = Field(default=5.0, gt=0, le=300, description="timeout of one request")
+    retries: int = Field(default=3, ge=0, le=100, description="further attempts after a failed request")
+    backoff_s: float = Field(default=1.0, ge=0, le=300, description="delay before the first retry; doubles after each")
 
 
 class SinksConfig(_Strict):
-    mqtt: MqttConfig | None = Field(None, description="publish to an MQTT broker")
-    jsonl: JsonlConfig | None = Field(None, description="append events to a rotating JSON-lines file")
+    mqtt: MqttConfig | None = Field(default=None, description="publish to an MQTT broker")
+    jsonl: JsonlConfig | None = Field(default=None, description="append events to a rotating JSON-lines file")
     webhooks: list[WebhookConfig] = Field(default_factory=list, description="POST events to HTTP endpoints")
-    queue_size: int = Field(1000, ge=1, le=1_000_000, description="events buffered per sink; a sink that falls "
+    queue_size: int = Field(default=1000, ge=1, le=1_000_000, description="events buffered per sink; a sink that falls "
                             "further behind loses the oldest")
 
 
 class ApiConfig(_Strict):
-    enabled: bool = Field(True, description="serve the HTTP API and the web page")
-    host: str = Field("127.0.0.1", description="listen address; 0.0.0.0 to serve the network")
-    port: int = Field(8080, ge=0, le=65535, description="listen port (0: any free port, logged at start-up)")
-    token_file: ConfigPath | None = Field(None, description="file holding the bearer token of mutating routes; "
+    enabled: bool = Field(default=True, description="serve the HTTP API and the web page")
+    host: str = Field(default="127.0.0.1", description="listen address; 0.0.0.0 to serve the network")
+    port: int = Field(default=8080, ge=0, le=65535, description="listen port (0: any free port, logged at start-up)")
+    token_file: ConfigPath | None = Field(default=None, description="file holding the bearer token of mutating routes; "
                                           "default: $EDGESSL_API_TOKEN, else state_dir/api-token (created)")
-    max_image_upload_bytes: int = Field(20 * 2**20, ge=1024, description="largest enrollment upload (all images)")
-    max_image_pixels: int = Field(40_000_000, ge=1, description="largest image accepted, in pixels")
-    max_bundle_bytes: int = Field(1 << 30, ge=1024, description="largest model bundle upload (.tar)")
+    max_image_upload_bytes: int = Field(default=20 * 2**20, ge=1024, description="largest enrollment upload (all images)")
+    max_image_pixels: int = Field(default=40_000_000, ge=1, description="largest image accepted, in pixels")
+    max_bundle_bytes: int = Field(default=1 << 30, ge=1024, description="largest model bundle upload (.tar)")
 
 
 class EnrollmentConfig(_Strict):
     """Quality gates of live enrollment: each captured shot is checked before it is kept."""
 
-    min_sharpness: float = Field(20.0, ge=0, description="lowest variance of the Laplacian of the grey crop "
+    min_sharpness: float = Field(default=20.0, ge=0, description="lowest variance of the Laplacian of the grey crop "
                                  "(scaled to 256 pixels on its longer side): below it the shot is blurry")
-    min_brightness: float = Field(35.0, ge=0, le=255, description="lowest mean grey level (0-255): darker is too dark")
-    max_brightness: float = Field(235.0, ge=0, le=255, description="highest mean grey level: brighter is washed out")
-    min_difference: float = Field(2.0, ge=0, le=255, description="lowest mean absolute difference (grey levels, "
+    min_brightness: float = Field(default=35.0, ge=0, le=255, description="lowest mean grey level (0-255): darker is too dark")
+    max_brightness: float = Field(default=235.0, ge=0, le=255, description="highest mean grey level: brighter is washed out")
+    min_difference: float = Field(default=2.0, ge=0, le=255, description="lowest mean absolute difference (grey levels, "
                                   "on 32x32 thumbnails) to every shot kept so far: below it the shot is a "
                                   "near-duplicate")
-    frames: int = Field(5, ge=1, le=100, description="shots to keep per live enrollment (default of the request)")
-    interval_s: float = Field(0.3, ge=0, le=60, description="least time between two shots")
-    timeout_s: float = Field(20.0, gt=0, le=600, description="give up collecting shots after this long")
+    frames: int = Field(default=5, ge=1, le=100, description="shots to keep per live enrollment (default of the request)")
+    interval_s: float = Field(default=0.3, ge=0, le=60, description="least time between two shots")
+    timeout_s: float = Field(default=20.0, gt=0, le=600, description="give up collecting shots after this long")
 
 
 class DaemonConfig(_Strict):
@@ -272,9 +272,9 @@ class DaemonConfig(_Strict):
 
     device: str = Field(default_factory=lambda: _default_device(), pattern=NAME_PATTERN,
                         description="this device's name (MQTT topics, events); default: the host name")
-    state_dir: ConfigPath = Field(Path("/var/lib/edgessl"), description="where the daemon keeps its files: "
+    state_dir: ConfigPath = Field(default=Path("/var/lib/edgessl"), description="where the daemon keeps its files: "
                                   "the gallery (by default), the generated API token, uploaded bundles")
-    gallery: ConfigPath | None = Field(None, description="gallery database (SQLite); default: state_dir/gallery.db")
+    gallery: ConfigPath | None = Field(default=None, description="gallery database (SQLite); default: state_dir/gallery.db")
     model: ModelConfig = Field(description="the model to run")
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig, description="few-shot classification")
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig, description="smoothing over time")
@@ -283,7 +283,7 @@ class DaemonConfig(_Strict):
     sinks: SinksConfig = Field(default_factory=SinksConfig, description="where events go")
     api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API and web page")
     enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig, description="live enrollment")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="logging level")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="logging level")
 
     @field_validator("cameras")
     @classmethod

@@ -470,7 +470,8 @@ class Daemon:
         bundles.mkdir(parents=True, exist_ok=True)
         dest = bundles / f".upload-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         try:
-            safe_extract(archive, dest, max_total_bytes=4 * max(1, archive.stat().st_size) + (64 << 20))
+            safe_extract(archive, dest, max_total_bytes=max(self.config.api.max_bundle_bytes,
+                                                           4 * archive.stat().st_size))
             root = dest
             if not (root / "manifest.json").exists():
                 inner = [p for p in dest.iterdir() if p.is_dir()]

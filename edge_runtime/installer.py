@@ -40,8 +40,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgessl.edge_runtime.bundle import MANIFEST, Manifest, load_bundle, now_iso, read_manifest
-from edgessl.edge_runtime.health import HealthReport, run_health_check
+from edgessl.edge_runtime.bundle import MANIFEST, Bundle, Manifest, load_bundle, now_iso, read_manifest
+from edgessl.edge_runtime.health import HealthReport, choose_artifact, run_health_check
 from edgessl.edge_runtime.profiles import load_profile, resolve_profile
 from edgessl.edge_runtime.safe_extract import (
     Member,
@@ -243,6 +243,31 @@ def active_bundle(root: str | Path) -> Path:
     if not path.is_dir():
         raise InstallError(f"{root / CURRENT} points to slot {slot}, which does not exist (device root damaged)")
     return path
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    """How to run the active bundle: the backend and artifact its health check chose.
+
+    FeatureExtractor.from_bundle(load_bundle(m.bundle_dir), m.backend, threads=m.threads,
+    precision=m.precision, **m.options)"""
+
+    bundle_dir: Path
+    backend: str
+    precision: str
+    artifact: str
+    threads: int | None
+    options: dict[str, Any]
+
+
+def active_model(root: str | Path) -> ActiveModel:
+    """The active bundle and the backend/artifact the device profile picks for it (the same
+    choice as the health check made, for the same installed runtimes)."""
+    path = active_bundle(root)
+    profile = load_profile(Path(root) / PROFILE_FILE)
+    backend, artifact, _ = choose_artifact(Bundle(root=path, manifest=read_manifest(path)), profile)
+    return ActiveModel(path, backend, artifact.precision, artifact.file, profile.threads,
+                       dict(profile.backend_options.get(backend, {})))
 
 
 def _slot_version(root: Path, slot: str | None) -> int | None:
@@ -584,13 +609,15 @@ def install(root: str | Path, bundle: str | Path, *, allow_downgrade: bool = Fal
                 raise BundleError(f"manifest references files without a checksum: {', '.join(unlisted)}")
             source.check_files(manifest)
 
-            # 2. Anti-rollback against the active bundle.
-            if run.previous_version is not None and run.version <= run.previous_version:
+            # 2. Anti-rollback against the active bundle (its manifest; the state if unreadable).
+            floor = run.previous_version if run.previous_version is not None else (
+                state.last_good_version if state.active else None)
+            if floor is not None and run.version <= floor:
                 if not allow_downgrade:
                     raise InstallError(f"version {run.version} is not newer than the installed version "
-                                       f"{run.previous_version}; refusing a downgrade (pass --allow-downgrade "
+                                       f"{floor}; refusing a downgrade (pass --allow-downgrade "
                                        f"to install it anyway)")
-                run.step(f"downgrade from v{run.previous_version} allowed")
+                run.step(f"downgrade from v{floor} allowed")
 
             # 3. Extract into staging, checking every file against the signed manifest.
             need = sum(e.bytes for e in manifest.files.values())

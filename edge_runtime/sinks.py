@@ -221,6 +221,7 @@ class MqttSink:
         if config.tls:
             client.tls_set()
         client.reconnect_delay_set(min_delay=1, max_delay=config.reconnect_max_s)
+        client.enable_logger(logging.getLogger("paho.mqtt"))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         self._client = client

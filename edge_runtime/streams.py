@@ -6,9 +6,11 @@ its counters say what happened. Latest mode keeps only the newest frame (a frame
 before the inference took it is counted as dropped), so latency stays bounded whatever the
 load; every mode hands over each frame in order through a bounded queue (for files).
 
-A stall (no new frame for `stall_timeout_s`) is noticed by `check_stall`, called by the
-daemon's supervisor while the reader may be blocked inside FFmpeg; the blocked read gives up
-by itself (OpenCV's read timeout is the stall timeout) and the stream is reopened.
+A stall is a read that waits longer than `stall_timeout_s` for the next frame. The
+supervisor notices it with `check_stall` while the reader is still blocked inside FFmpeg;
+the reader notices it when the read returns (OpenCV's read timeout is the stall timeout,
+and after a timeout FFmpeg may still hand out a frame it had buffered). Either way the
+stream is reopened. Time spent waiting for the inference (every mode) is not a stall.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import queue
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -118,10 +121,12 @@ class StreamStatus:
     last_frame_age_s: float | None
     last_error: str | None
     frame_size: tuple[int, int] | None  # (width, height)
+    history: list[tuple[float, str]]  # the last state changes: (wall clock, state)
 
     def as_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
         out["state"] = str(self.state)
+        out["history"] = [[round(t, 3), st] for t, st in self.history]
         return out
 
 
@@ -151,7 +156,9 @@ class CameraStream:
         self.stalls = 0
         self.last_error: str | None = None
         self._last_frame_mono: float | None = None
-        self._fps = 0.0
+        self._read_started: float | None = None  # monotonic start of the read in progress
+        self._history: deque[tuple[float, str]] = deque(maxlen=16)
+        self._gap = 0.0  # EMA of the time between frames
         self._frame_size: tuple[int, int] | None = None
 
     # -- control --------------------------------------------------------------------------
@@ -188,25 +195,35 @@ class CameraStream:
             if state != self._state:
                 log.info("camera %s: %s -> %s%s", self.id, self._state, state, f" ({error})" if error else "")
                 self._state, self._state_since = state, time.time()
+                self._history.append((self._state_since, str(state)))
             self._cond.notify_all()
 
     def check_stall(self, now: float | None = None) -> bool:
-        """Mark the stream stalled when it streams but no frame came for stall_timeout_s."""
+        """Mark the stream stalled when a read has waited longer than stall_timeout_s."""
         now = time.monotonic() if now is None else now
         with self._cond:
-            last = self._last_frame_mono
-            if self._state == State.STREAMING and last is not None and now - last > self.config.stall_timeout_s:
-                self.stalls += 1
-                self._set_state(State.STALLED, f"no frame for {now - last:.1f} s")
-                return True
+            started = self._read_started
+            if started is not None and now - started > self.config.stall_timeout_s:
+                return self._declare_stall(now - started)
         return False
+
+    def _declare_stall(self, waited: float) -> bool:
+        with self._cond:
+            if self._state != State.STREAMING:
+                return False
+            self.stalls += 1
+            self._set_state(State.STALLED, f"no frame for {waited:.1f} s (stall timeout "
+                                           f"{self.config.stall_timeout_s:g} s)")
+            return True
 
     def status(self) -> StreamStatus:
         with self._cond:
             age = None if self._last_frame_mono is None else time.monotonic() - self._last_frame_mono
             return StreamStatus(self.id, self._state, self._state_since, self.captured, self.dropped, self.processed,
-                                self.reconnects, self.connect_failures, self.stalls, round(self._fps, 2),
-                                None if age is None else round(age, 3), self.last_error, self._frame_size)
+                                self.reconnects, self.connect_failures, self.stalls,
+                                round(1 / self._gap, 2) if self._gap > 0 else 0.0,
+                                None if age is None else round(age, 3), self.last_error, self._frame_size,
+                                list(self._history))
 
     # -- consumers ------------------------------------------------------------------------
 
@@ -253,10 +270,13 @@ class CameraStream:
     def _run(self) -> None:
         attempt = 0  # consecutive failed attempts
         opened_before = False
+        looping = False  # a looping file starts again: not a reconnection
         cam = self.config
         try:
             while not self._stop.is_set():
-                self._set_state(State.CONNECTING)
+                if not looping:
+                    self._set_state(State.CONNECTING)
+                looping = False
                 cap = self._open()
                 if cap is not None:
                     if opened_before and cam.kind != "file":
@@ -273,7 +293,7 @@ class CameraStream:
                         break
                     if outcome == "eof":
                         if cam.loop:
-                            attempt = 0
+                            attempt, looping = 0, True
                             continue
                         self._set_state(State.ENDED, "end of file")
                         return
@@ -301,17 +321,15 @@ class CameraStream:
             return None
         try:
             cap = self._opener(cam)
-        except Exception as exc:
-            cap, error = None, f"cannot open: {exc}"
-        else:
+            if cap.isOpened():
+                return cap
+            cap.release()
             error = f"cannot open {cam.kind} source {cam.url}"
-            if not cap.isOpened():
-                cap.release()
-                cap = None
-        if cap is None:
-            self.connect_failures += 1
-            self._set_state(State.CONNECTING, error)
-        return cap
+        except Exception as exc:
+            error = f"cannot open {cam.kind} source {cam.url}: {exc}"
+        self.connect_failures += 1
+        self._set_state(State.CONNECTING, error)
+        return None
 
     def _pump(self, cap: Capture) -> str:
         """Read until the stream fails ('failed'/'streamed'), ends ('eof') or stop ('stop')."""
@@ -321,10 +339,17 @@ class CameraStream:
         start = time.monotonic()
         n = 0
         while not self._stop.is_set():
+            with self._cond:
+                self._read_started = begun = time.monotonic()
             ok, image = cap.read()
+            with self._cond:
+                self._read_started = None
             now = time.monotonic()
             if self._stop.is_set():
                 return "stop"
+            if n and (self._state == State.STALLED or now - begun >= cam.stall_timeout_s):
+                self._declare_stall(now - begun)  # noticed here when the supervisor did not
+                return "streamed"  # reopen: a stalled connection rarely recovers on its own
             if not ok or image is None:
                 if cam.kind == "file":
                     return "eof" if n else "failed"
@@ -348,8 +373,8 @@ class CameraStream:
             self._seq += 1
             frame = CapturedFrame(self.id, self._seq, image, time.time(), now)
             if self._last_frame_mono is not None:
-                gap = max(1e-3, now - self._last_frame_mono)
-                self._fps = 0.9 * self._fps + 0.1 * (1 / gap) if self._fps else 1 / gap
+                gap = max(1e-4, now - self._last_frame_mono)
+                self._gap = 0.9 * self._gap + 0.1 * gap if self._gap else gap
             self._last_frame_mono = now
             self._frame_size = (image.shape[1], image.shape[0])
             self.captured += 1

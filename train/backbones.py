@@ -52,6 +52,14 @@ def create_backbone(name: str, **kwargs: Any) -> nn.Module:
     return BACKBONES[name](**kwargs)
 
 
+def output_dim(backbone: nn.Module) -> int:
+    """The embedding size of a backbone (its `dim` attribute)."""
+    dim = getattr(backbone, "dim", None)
+    if not isinstance(dim, int):
+        raise ValueError(f"{type(backbone).__name__} is not a backbone: it has no integer `dim` attribute")
+    return dim
+
+
 def accepts_option(name: str, option: str) -> bool:
     """Whether the registered backbone `name` takes `option` (e.g. img_size for a ViT)."""
     return name in BACKBONES and option in inspect.signature(BACKBONES[name]).parameters
@@ -63,7 +71,7 @@ def feature_shape(backbone: nn.Module, size: int) -> tuple[int, int, int]:
     was_training = backbone.training
     backbone.eval()
     p = next(backbone.parameters())
-    out = backbone.forward_features(torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype))
+    out = backbone.forward_features(torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype))  # type: ignore[operator]
     backbone.train(was_training)
     return int(out.shape[1]), int(out.shape[2]), int(out.shape[3])
 

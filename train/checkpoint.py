@@ -49,7 +49,7 @@ def load_backbone(ckpt: dict[str, Any], random_weights: bool = False) -> torch.n
 
     cfg = ckpt["config"]
     torch.manual_seed(cfg["seed"])
-    model = create_backbone(cfg["backbone"])
+    model = create_backbone(cfg["backbone"], **cfg.get("backbone_options", {}))
     if not random_weights:
         model.load_state_dict(backbone_state(ckpt))
     return model.eval()

@@ -316,6 +316,9 @@ class TarShards(IterableDataset):
                 for j, sample in enumerate(iter_shard(self.shards[s])):
                     if not split_shards and j % workers != worker:
                         continue
+                    if self.shuffle_buffer <= 1:
+                        yield self._decode(s, sample)
+                        continue
                     if len(buffer) < self.shuffle_buffer:
                         buffer.append((s, sample))
                         continue
@@ -323,7 +326,7 @@ class TarShards(IterableDataset):
                     buffer[k], out = (s, sample), buffer[k]
                     yield self._decode(*out)
             if len(buffer) < self.shuffle_buffer:  # fewer samples than the buffer: shuffle what there is
-                gen.shuffle(buffer)  # type: ignore[arg-type]
+                gen.shuffle(buffer)
                 yield from (self._decode(*b) for b in buffer)
                 buffer.clear()
 

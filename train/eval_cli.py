@@ -1,43 +1,109 @@
-"""`edgessl eval fewshot`: N-way K-shot accuracy of a checkpoint's frozen features."""
+"""`edgessl eval knn|linear|fewshot`: evaluate a checkpoint's frozen features.
+
+Each kind prints one line (or one JSON object with --json); `--report DIR` also writes PNGs:
+the training loss curve, a 2-D projection of the embeddings coloured by class, and per kind
+the k-NN accuracy over the run's checkpoints or the few-shot confusion matrix.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import Any
+
+
+def _common(p: argparse.ArgumentParser, per_class_default: int | None, per_class_help: str) -> None:
+    p.add_argument("checkpoint", type=Path, help="checkpoint file or run folder")
+    p.add_argument("--per-class", type=int, default=per_class_default, help=per_class_help)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--random-weights", action="store_true",
+                   help="evaluate the same architecture with untrained weights (the baseline)")
+    p.add_argument("--report", type=Path, metavar="DIR", help="also write PNG figures into DIR")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    k = sub.add_parser("knn", help="weighted k-NN classification (k=200, T=0.1) on frozen features",
+                       description="Labels of --test from the k most similar --train features, each voting "
+                       "with weight exp(cos/T) (Wu et al. 2018, as in DINO). Features are cached in RUN/features/.")
+    _common(k, None, "images per class of each folder (default: all)")
+    k.add_argument("--train", type=Path, required=True, help="labelled folder (one sub-folder per class)")
+    k.add_argument("--test", type=Path, required=True, help="labelled folder with the same classes")
+    k.add_argument("--k", type=int, default=200, help="neighbours (default: 200)")
+    k.add_argument("--temperature", type=float, default=0.1, help="vote temperature (default: 0.1)")
+
+    lin = sub.add_parser("linear", help="linear probe (logistic regression) on frozen features",
+                         description="Multinomial logistic regression (L-BFGS, L2) on standardised frozen "
+                         "features of --train, top-1 accuracy on --test.")
+    _common(lin, None, "images per class of each folder (default: all)")
+    lin.add_argument("--train", type=Path, required=True, help="labelled folder (one sub-folder per class)")
+    lin.add_argument("--test", type=Path, required=True, help="labelled folder with the same classes")
+    lin.add_argument("--weight-decay", type=float, default=1e-4, help="L2 penalty (default: 1e-4)")
+    lin.add_argument("--max-iter", type=int, default=300, help="L-BFGS iterations (default: 300)")
+
     f = sub.add_parser("fewshot", help="N-way K-shot episodes, nearest centred prototype (the device's code)",
                        description="Supports are drawn from --support, queries from --query (one sub-folder "
                        "per class in both). Prints mean accuracy and its 95%% interval; features are cached "
                        "in RUN/features/.")
-    f.add_argument("checkpoint", type=Path, help="checkpoint file or run folder")
+    _common(f, 500, "images per class whose features are extracted (default: 500)")
     f.add_argument("--support", type=Path, required=True, help="labelled folder for supports (e.g. train/)")
     f.add_argument("--query", type=Path, required=True, help="labelled folder for queries (e.g. test/)")
     f.add_argument("--way", type=int, default=5, help="classes per episode (default: 5)")
     f.add_argument("--shot", type=int, default=5, help="supports per class (default: 5)")
     f.add_argument("--queries", type=int, default=15, help="queries per class and episode (default: 15)")
     f.add_argument("--episodes", type=int, default=1000, help="number of episodes (default: 1000)")
-    f.add_argument("--per-class", type=int, default=500,
-                   help="images per class whose features are extracted (default: 500)")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--random-weights", action="store_true",
-                   help="evaluate the same architecture with untrained weights (the baseline)")
-    f.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgessl.train.evaluate import fewshot
+    from edgessl.train import evaluate as E
 
-    r = fewshot(args.checkpoint, args.support, args.query, way=args.way, shot=args.shot, queries=args.queries,
-                episodes=args.episodes, per_class=args.per_class, seed=args.seed,
-                random_weights=args.random_weights)
-    if args.json:
-        print(json.dumps(r))
+    ev = E.Evaluator(args.checkpoint, args.random_weights)
+    kind = "random weights" if args.random_weights else f"step {ev.step}"
+    if args.kind == "fewshot":
+        s, q = ev.encode_pair(args.support, args.query, args.per_class, args.seed)
+        res = E.fewshot_episodes(ev, s, q, way=args.way, shot=args.shot, queries=args.queries,
+                                 episodes=args.episodes, seed=args.seed)
+        r: dict[str, Any] = {"checkpoint": str(ev.path), "random_weights": args.random_weights, "way": args.way,
+                             "shot": args.shot, "episodes": args.episodes, "accuracy": float(res.mean),
+                             "ci95": float(res.ci95), "classes": s.class_names}
+        line = (f"{r['way']}-way {r['shot']}-shot ({kind}, {r['episodes']} episodes): "
+                f"{100 * r['accuracy']:.2f}% ± {100 * r['ci95']:.2f}")
+        test = q
     else:
-        kind = "random weights" if r["random_weights"] else "trained"
-        print(f"{r['way']}-way {r['shot']}-shot ({kind}, {r['episodes']} episodes): "
-              f"{100 * r['accuracy']:.2f}% ± {100 * r['ci95']:.2f}")
+        tr, test = ev.encode_pair(args.train, args.test, args.per_class, args.seed)
+        if args.kind == "knn":
+            r = E._knn_result(ev, tr, test, args.k, args.temperature)
+            line = f"k-NN (k={args.k}, T={args.temperature}, {kind}): top-1 {100 * r['top1']:.2f}%" + (
+                f", top-5 {100 * r['top5']:.2f}%" if r["top5"] is not None else "")
+        else:
+            scores = E.linear_probe(tr.features, tr.labels, test.features, len(tr.class_names),
+                                    args.weight_decay, args.max_iter)
+            r = {"checkpoint": str(ev.path), "step": ev.step, "random_weights": args.random_weights,
+                 "train": len(tr.labels), "test": len(test.labels), "weight_decay": args.weight_decay,
+                 "top1": float((scores.argmax(1) == test.labels).mean()), "classes": tr.class_names}
+            line = f"linear probe ({kind}): top-1 {100 * r['top1']:.2f}%"
+
+    if args.report is not None:
+        from edgessl.train import report
+
+        out: Path = args.report
+        out.mkdir(parents=True, exist_ok=True)
+        written = [report.loss_curve(ev.run_dir, out / "loss.png"),
+                   report.projection(test.features, test.labels, test.class_names, out / "embedding_pca.png")]
+        if args.kind == "knn" and not args.random_weights:
+            points = E.knn_over_checkpoints(ev.run_dir, args.train, args.test, k=args.k,
+                                            temperature=args.temperature, per_class=args.per_class,
+                                            seed=args.seed)
+            written.append(report.metric_over_checkpoints(points, out / "knn_over_checkpoints.png"))
+        if args.kind == "fewshot":
+            names = [s.class_names[i] for i in res.labels]
+            written.append(report.confusion(res.confusion, names, out / "fewshot_confusion.png",
+                                            f"{args.way}-way {args.shot}-shot episodes, {kind}"))
+        r["report"] = [str(p) for p in written if p is not None]
+
+    print(json.dumps(r) if args.json else line)
+    if args.report is not None and not args.json:
+        print("report: " + ", ".join(r["report"]))
     return 0

@@ -1,9 +1,12 @@
-"""Evaluation of frozen features: N-way K-shot episodes with the device's own prototype code."""
+"""Evaluation of frozen features: k-NN (DINO's weighted vote), a linear probe, and N-way K-shot
+episodes with the device's own prototype code. Features are cached per checkpoint in
+RUN/features/ (keyed by the checkpoint file, folder, subset and seed)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,24 +70,159 @@ def checkpoint_key(path: Path, random_weights: bool) -> str:
     return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|random={random_weights}"
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """A labelled folder encoded by one checkpoint: features (N, D), labels (N,), class names."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+
+    def __post_init__(self) -> None:
+        if self.features.ndim != 2 or len(self.labels) != len(self.features):
+            raise ValueError(f"features {self.features.shape} and {len(self.labels)} labels do not match")
+
+
+class Evaluator:
+    """One checkpoint (file or run folder), its backbone and its feature cache."""
+
+    def __init__(self, ckpt_path: Path, random_weights: bool = False) -> None:
+        from edgessl.train.checkpoint import load_checkpoint
+
+        ckpt_path = Path(ckpt_path)
+        self.ckpt = load_checkpoint(ckpt_path)
+        self.path = ckpt_path / "checkpoints" / "last.pt" if ckpt_path.is_dir() else ckpt_path
+        self.run_dir = self.path.parent.parent
+        self.random_weights = random_weights
+        self.backbone = load_backbone(self.ckpt, random_weights=random_weights)
+        self.key = checkpoint_key(self.path, random_weights)
+
+    @property
+    def step(self) -> int:
+        return int(self.ckpt.get("step", 0))
+
+    def encode(self, folder: Path, per_class: int | None, seed: int) -> Encoded:
+        f, y, names = extract_features(self.backbone, folder, self.ckpt, per_class, seed,
+                                       self.run_dir / "features", self.key)
+        return Encoded(f, y, names)
+
+    def encode_pair(self, train: Path, test: Path, per_class: int | None, seed: int) -> tuple[Encoded, Encoded]:
+        a, b = self.encode(train, per_class, seed), self.encode(test, per_class, seed + 1)
+        if a.class_names != b.class_names:
+            raise ValueError(f"classes of {train} {a.class_names} differ from those of {test} {b.class_names}")
+        return a, b
+
+    def center(self, support: Encoded) -> np.ndarray:
+        # Random weights have no training data mean: centre on the support set's mean instead.
+        return support.features.mean(0) if self.random_weights else self.ckpt["center"].numpy()
+
+
+# ---------------------------------------------------------------- k-NN
+
+def knn_predict(train_f: np.ndarray, train_y: np.ndarray, test_f: np.ndarray, n_classes: int,
+                k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> np.ndarray:
+    """Class scores (N_test, C) of the weighted k-NN vote of Wu et al. 2018 / DINO: the k most
+    cosine-similar training features vote for their class with weight exp(similarity / T)."""
+    tr = torch.nn.functional.normalize(torch.from_numpy(train_f).float(), dim=1)
+    ty = torch.from_numpy(train_y).long()
+    k = min(k, len(tr))
+    out = []
+    for s in range(0, len(test_f), chunk):
+        q = torch.nn.functional.normalize(torch.from_numpy(test_f[s:s + chunk]).float(), dim=1)
+        sim, idx = (q @ tr.T).topk(k, dim=1)
+        votes = torch.zeros(len(q), n_classes).scatter_add_(1, ty[idx], (sim / temperature).exp())
+        out.append(votes)
+    return torch.cat(out).numpy()
+
+
+def knn(ckpt_path: Path, train: Path, test: Path, *, k: int = 200, temperature: float = 0.1,
+        per_class: int | None = None, seed: int = 0, random_weights: bool = False) -> dict[str, Any]:
+    ev = Evaluator(ckpt_path, random_weights)
+    tr, te = ev.encode_pair(train, test, per_class, seed)
+    return _knn_result(ev, tr, te, k, temperature)
+
+
+def _knn_result(ev: Evaluator, tr: Encoded, te: Encoded, k: int, temperature: float) -> dict[str, Any]:
+    scores = knn_predict(tr.features, tr.labels, te.features, len(tr.class_names), k, temperature)
+    ranked = np.argsort(-scores, axis=1)
+    top1 = float((ranked[:, 0] == te.labels).mean())
+    top5 = float((ranked[:, :5] == te.labels[:, None]).any(axis=1).mean()) if scores.shape[1] > 5 else None
+    return {"checkpoint": str(ev.path), "step": ev.step, "random_weights": ev.random_weights, "k": k,
+            "temperature": temperature, "train": len(tr.labels), "test": len(te.labels),
+            "top1": top1, "top5": top5, "classes": tr.class_names}
+
+
+def knn_over_checkpoints(run: Path, train: Path, test: Path, *, k: int = 200, temperature: float = 0.1,
+                         per_class: int | None = None, seed: int = 0) -> list[tuple[int, float]]:
+    """(step, k-NN top-1) for every checkpoint kept in RUN/checkpoints (step_*.pt and last.pt)."""
+    ckpt_dir = Path(run) / "checkpoints"
+    paths = sorted(ckpt_dir.glob("step_*.pt")) + [ckpt_dir / "last.pt"]
+    out: dict[int, float] = {}
+    for path in paths:
+        if not path.is_file():
+            continue
+        ev = Evaluator(path)
+        if ev.step in out:
+            continue
+        tr, te = ev.encode_pair(train, test, per_class, seed)
+        out[ev.step] = _knn_result(ev, tr, te, k, temperature)["top1"]
+    return sorted(out.items())
+
+
+# ---------------------------------------------------------------- linear probe
+
+def linear_probe(train_f: np.ndarray, train_y: np.ndarray, test_f: np.ndarray, n_classes: int,
+                 weight_decay: float = 1e-4, max_iter: int = 300) -> np.ndarray:
+    """Multinomial logistic regression on standardised frozen features (full-batch L-BFGS,
+    deterministic); returns class scores for the test features."""
+    x = torch.from_numpy(train_f).float()
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    x = (x - mean) / std
+    y = torch.from_numpy(train_y).long()
+    lin = torch.nn.Linear(x.shape[1], n_classes)
+    torch.nn.init.zeros_(lin.weight)
+    torch.nn.init.zeros_(lin.bias)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=1, max_iter=max_iter, history_size=20,
+                            line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(lin(x), y) + weight_decay * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return lin((torch.from_numpy(test_f).float() - mean) / std).numpy()
+
+
+def linear(ckpt_path: Path, train: Path, test: Path, *, per_class: int | None = None, seed: int = 0,
+           weight_decay: float = 1e-4, max_iter: int = 300, random_weights: bool = False) -> dict[str, Any]:
+    ev = Evaluator(ckpt_path, random_weights)
+    tr, te = ev.encode_pair(train, test, per_class, seed)
+    scores = linear_probe(tr.features, tr.labels, te.features, len(tr.class_names), weight_decay, max_iter)
+    return {"checkpoint": str(ev.path), "step": ev.step, "random_weights": random_weights,
+            "train": len(tr.labels), "test": len(te.labels), "weight_decay": weight_decay,
+            "top1": float((scores.argmax(1) == te.labels).mean()), "classes": tr.class_names}
+
+
+# ---------------------------------------------------------------- few-shot episodes
+
+def fewshot_episodes(ev: Evaluator, support: Encoded, query: Encoded, *, way: int, shot: int, queries: int,
+                     episodes: int, seed: int) -> Any:
+    from edgessl.edge_runtime.fewshot import evaluate_episodes
+
+    return evaluate_episodes(support.features, support.labels, query.features, query.labels, n_way=way,
+                             k_shot=shot, n_query=queries, episodes=episodes, seed=seed,
+                             center=ev.center(support))
+
+
 def fewshot(ckpt_path: Path, support: Path, query: Path, *, way: int, shot: int, queries: int,
             episodes: int, per_class: int | None, seed: int, random_weights: bool) -> dict[str, Any]:
-    from edgessl.edge_runtime.fewshot import evaluate_episodes
-    from edgessl.train.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(ckpt_path)
-    path = ckpt_path / "checkpoints" / "last.pt" if ckpt_path.is_dir() else ckpt_path
-    backbone = load_backbone(ckpt, random_weights=random_weights)
-    cache_dir = path.parent.parent / "features"
-    key = checkpoint_key(path, random_weights)
-    s_feat, s_lab, s_names = extract_features(backbone, support, ckpt, per_class, seed, cache_dir, key)
-    q_feat, q_lab, q_names = extract_features(backbone, query, ckpt, per_class, seed + 1, cache_dir, key)
-    if s_names != q_names:
-        raise ValueError(f"support classes {s_names} differ from query classes {q_names}")
-    # Centre on the support set's mean: the server has the same role as center.npy on the device.
-    center = s_feat.mean(0) if random_weights else ckpt["center"].numpy()
-    result = evaluate_episodes(s_feat, s_lab, q_feat, q_lab, n_way=way, k_shot=shot, n_query=queries,
-                               episodes=episodes, seed=seed, center=center)
-    return {"checkpoint": str(path), "random_weights": random_weights, "way": way, "shot": shot,
+    ev = Evaluator(ckpt_path, random_weights)
+    s, q = ev.encode_pair(support, query, per_class, seed)
+    # Centred on the training data's mean: the server has the same role as center.npy on the device.
+    result = fewshot_episodes(ev, s, q, way=way, shot=shot, queries=queries, episodes=episodes, seed=seed)
+    return {"checkpoint": str(ev.path), "random_weights": random_weights, "way": way, "shot": shot,
             "episodes": episodes, "accuracy": float(result.mean), "ci95": float(result.ci95),
-            "classes": s_names}
+            "classes": s.class_names}

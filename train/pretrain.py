@@ -1,7 +1,15 @@
-"""The pretraining loop: reads top to bottom, like DINO's main_dino.py."""
+"""The pretraining loop: reads top to bottom, like DINO's main_dino.py.
+
+One process, or one per GPU/CPU slot under `torchrun` (DDP). `batch_size` is always the
+global batch of one optimiser step (all processes, all accumulation micro-batches), and the
+learning rate is `lr * batch_size / 256`, so changing the number of processes changes
+neither the schedule nor the learning rate.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import logging
 import shutil
@@ -12,43 +20,58 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from edgessl.train.backbones import create_backbone
+from edgessl.train import distributed as D
+from edgessl.train.backbones import accepts_option, create_backbone
 from edgessl.train.checkpoint import load_checkpoint, save_checkpoint
-from edgessl.train.data import ImageFolder, collate
-from edgessl.train.methods import Method, create_method
+from edgessl.train.data import TarShards, build_dataset, collate
+from edgessl.train.methods import Method, create_method, method_class
 from edgessl.train.optim import create_optimizer, param_groups, warmup_cosine
+from edgessl.train.rng import BatchGenerator
 from edgessl.train.views import ViewConfig, eval_transform
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LR = {"lars": 1.0, "sgd": 0.3, "adamw": 1e-3}  # per 256 images, scaled linearly with batch
+DEFAULT_WEIGHT_DECAY = 1e-5
+
+Option = bool | int | float | str
 
 
 class PretrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    data: str = Field(description="folder of unlabeled images (recursive)")
-    out: str = Field(description="run folder: checkpoints, config.json, log.jsonl")
+    data: str = Field(description="image folder, video file/folder, or .tar shards (file, folder, glob, {a..b})")
+    out: str = Field(description="run folder: checkpoints, config.json, log.jsonl, tensorboard/")
     method: str = Field("simclr", description="SSL method")
     backbone: str = Field("resnet_tiny", description="backbone architecture")
     image_size: int = Field(32, ge=8, description="training resolution (square)")
-    batch_size: int = Field(256, ge=2)
+    batch_size: int = Field(256, ge=2, description="global batch per optimiser step (all processes)")
     epochs: float | None = Field(None, gt=0, description="length in epochs (default 10 unless --minutes)")
     minutes: float | None = Field(None, gt=0, description="wall-clock budget; the schedule is fitted to it")
-    optimizer: Literal["lars", "sgd", "adamw"] = "lars"
-    lr: float | None = Field(None, gt=0, description="base lr per 256 images (default by optimizer)")
-    weight_decay: float = Field(1e-5, ge=0)
+    optimizer: Literal["lars", "sgd", "adamw"] | None = Field(None, description="default: the method's")
+    lr: float | None = Field(None, gt=0, description="base lr per 256 images (default: the method's)")
+    weight_decay: float | None = Field(None, ge=0, description="default: the method's")
     warmup_fraction: float = Field(0.05, ge=0, lt=1)
-    temperature: float = Field(0.2, gt=0)
+    temperature: float | None = Field(None, gt=0, description="loss temperature, for methods that have one")
+    method_options: dict[str, Option] = Field(default_factory=dict, description="method keyword options")
+    backbone_options: dict[str, Option] = Field(default_factory=dict, description="backbone keyword options")
+    data_kind: Literal["auto", "images", "video", "shards"] = "auto"
+    video_stride: int = Field(1, ge=1, description="use every n-th video frame")
     seed: int = 0
     workers: int = Field(0, ge=0, description="data loading processes (0: in the training process)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: all cores)")
+    device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:N")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16 autocast; fp16 + scaler on CUDA")
+    accumulate: int = Field(1, ge=1, description="micro-batches per optimiser step")
+    sync_bn: bool = Field(True, description="BatchNorm statistics over all processes under DDP")
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
+    checkpoint_minutes: float | None = Field(None, gt=0, description="also checkpoint after this many minutes")
     keep_checkpoints: int = Field(3, ge=0, description="numbered step checkpoints kept besides last.pt")
     center_images: int = Field(2000, ge=1, description="images used for the centring vector")
+    tensorboard: bool = Field(True, description="write TensorBoard scalars to RUN/tensorboard")
 
     @model_validator(mode="after")
     def _length(self) -> PretrainConfig:
@@ -58,52 +81,163 @@ class PretrainConfig(BaseModel):
 
     @property
     def base_lr(self) -> float:
-        return (self.lr or DEFAULT_LR[self.optimizer]) * self.batch_size / 256
+        return (self.lr or DEFAULT_LR[self.optimizer or "lars"]) * self.batch_size / 256
+
+
+def resolve_config(cfg: PretrainConfig) -> PretrainConfig:
+    """Fill in what the method and backbone decide: optimiser, lr, weight decay, a ViT's img_size."""
+    cls = method_class(cfg.method)
+    d = cls.defaults
+    update: dict[str, Any] = {}
+    optimizer = cfg.optimizer or d.get("optimizer", "lars")
+    same = optimizer == d.get("optimizer", "lars")
+    update["optimizer"] = optimizer
+    update["lr"] = cfg.lr or (d["lr"] if same and "lr" in d else DEFAULT_LR[optimizer])
+    if cfg.weight_decay is None:
+        update["weight_decay"] = d["weight_decay"] if same and "weight_decay" in d else DEFAULT_WEIGHT_DECAY
+    if accepts_option(cfg.backbone, "img_size") and "img_size" not in cfg.backbone_options:
+        update["backbone_options"] = {**cfg.backbone_options, "img_size": cfg.image_size}
+    return cfg.model_copy(update=update)
+
+
+def method_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
+    kwargs: dict[str, Any] = dict(cfg.method_options)
+    if cfg.temperature is not None:
+        from edgessl.train.methods import method_options
+
+        if "temperature" not in method_options(cfg.method):
+            raise ValueError(f"method {cfg.method!r} has no temperature; its options: "
+                             f"{', '.join(method_options(cfg.method)) or 'none'}")
+        kwargs.setdefault("temperature", cfg.temperature)
+    return kwargs
 
 
 class EpochSampler(Sampler[int]):
-    """A seeded permutation per epoch, started at an offset: resume sees the exact same order."""
+    """A seeded permutation per epoch, started at an offset: resume sees the exact same order.
 
-    def __init__(self, n: int, seed: int, epoch: int, start: int = 0) -> None:
+    With `world` processes, global batch b is perm[b*B:(b+1)*B] and process r takes its
+    contiguous part [r*B/world, (r+1)*B/world): the processes together see exactly the
+    batches of a single-process run (a DistributedSampler that also keeps batch composition)."""
+
+    def __init__(self, n: int, seed: int, epoch: int, start: int = 0, batch_size: int | None = None,
+                 rank: int = 0, world: int = 1) -> None:
+        if world > 1 and (batch_size is None or batch_size % world):
+            raise ValueError(f"batch size {batch_size} must be a multiple of the {world} processes")
         self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+        self.batch_size, self.rank, self.world = batch_size, rank, world
+
+    def _indices(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g)[self.start:].tolist()
+        if self.world == 1:
+            return perm
+        assert self.batch_size is not None
+        part = self.batch_size // self.world
+        out: list[int] = []
+        for b in range(len(perm) // self.batch_size):
+            base = b * self.batch_size + self.rank * part
+            out.extend(perm[base:base + part])
+        return out
 
     def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g)[self.start:].tolist())
+        return iter(self._indices())
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return len(self._indices()) if self.world > 1 else self.n - self.start
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device cuda requested but torch sees no CUDA GPU; use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
+    """Train, checkpointing to RUN/checkpoints/last.pt; returns that path. Under torchrun every
+    process calls this; only process 0 writes files."""
+    import os
+
+    owns_group = not D.dist.is_initialized()
+    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    info = D.init_distributed(device)
+    try:
+        return _pretrain(resolve_config(cfg), resume, device, info)
+    finally:
+        if owns_group and info.enabled:
+            D.cleanup()
+
+
+def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.DistInfo) -> Path:
     out = Path(cfg.out)
     ckpt_path = out / "checkpoints" / "last.pt"
-    out.mkdir(parents=True, exist_ok=True)
+    main = info.is_main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
 
-    # ---- data: decoded and resized once per image; augmentation runs on whole batches
-    dataset = ImageFolder(cfg.data, cfg.image_size)
-    steps_per_epoch = len(dataset) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"{cfg.data}: {len(dataset)} images, fewer than one batch of {cfg.batch_size}")
+    # ---- batch geometry: global batch = processes x accumulation x micro-batch
+    if cfg.batch_size % (info.world * cfg.accumulate):
+        raise ValueError(f"batch size {cfg.batch_size} must be a multiple of processes x accumulation "
+                         f"= {info.world} x {cfg.accumulate}")
+    per_rank = cfg.batch_size // info.world
 
-    # ---- model: backbone + method (views, head, loss)
-    backbone = create_backbone(cfg.backbone)
+    # ---- model: backbone + method (views, head, loss); the method says what input it needs
+    backbone = create_backbone(cfg.backbone, **cfg.backbone_options)
     views = ViewConfig(size=cfg.image_size)
-    method = create_method(cfg.method, backbone, views, temperature=cfg.temperature)
-    method = method.to(memory_format=torch.channels_last)  # faster convolutions on CPU
+    method = create_method(cfg.method, backbone, views, **method_kwargs(cfg))
+    method = method.to(device=device, memory_format=torch.channels_last)  # faster convolutions on CPU
+
+    # ---- data: decoded and resized once per image; augmentation runs on whole batches
+    dataset = build_dataset(cfg.data, cfg.image_size, cfg.data_kind, clip_length=method.clip_length
+                            if method.input == "clips" else 1, video_stride=cfg.video_stride, seed=cfg.seed)
+    if isinstance(dataset, TarShards):
+        steps_per_epoch = min(dataset.samples_per_rank(info.world)) // per_rank
+    else:
+        steps_per_epoch = len(dataset) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{cfg.data}: {len(dataset)} samples, fewer than one batch of {cfg.batch_size}")
+
+    # ---- distributed: BatchNorm over the global batch, DDP averages gradients
+    if info.enabled and cfg.sync_bn:
+        method = D.convert_batchnorm(method, device)
+    model: torch.nn.Module = method
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=cfg.backbone.startswith("timm:"))
+    assert cfg.optimizer is not None and cfg.weight_decay is not None
     optimizer = create_optimizer(cfg.optimizer, param_groups(method, cfg.weight_decay), cfg.base_lr)
+
+    # ---- precision: bf16 autocast anywhere; fp16 needs a GPU and a gradient scaler
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision fp16 needs a CUDA device; use bf16 on CPU")
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
 
     step, elapsed_before, total_steps = 0, 0.0, None
     if resume and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path)
         method.load_state_dict(ckpt["method_state"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
         step, elapsed_before, total_steps = ckpt["step"], ckpt["elapsed_s"], ckpt["total_steps"]
         log.info("resuming %s at step %d of %d", ckpt_path, step, total_steps)
-    (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2) + "\n")
+    if main:
+        text = json.dumps(cfg.model_dump(), indent=2) + "\n"
+        (out / "config.json").write_text(text)
+        (out / "checkpoints").mkdir(exist_ok=True)
+        (out / "checkpoints" / "config.json").write_text(text)  # next to every checkpoint
 
     # ---- schedule length: from epochs, or fitted to the time budget by timing a few steps
     start = time.monotonic() - elapsed_before
@@ -111,26 +245,27 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
         if cfg.epochs is not None:
             total_steps = max(1, round(cfg.epochs * steps_per_epoch))
         else:
-            total_steps = _fit_steps(method, dataset, cfg)
+            total_steps = int(_sync(torch.tensor([float(_fit_steps(method, dataset, cfg, per_rank, device))]),
+                                    info, device)[0])
     warmup = round(cfg.warmup_fraction * total_steps)
-    log.info("%d images, %d steps of %d (%.1f epochs), base lr %.3g", len(dataset), total_steps,
-             cfg.batch_size, total_steps / steps_per_epoch, cfg.base_lr)
+    log.info("%d samples, %d steps of %d (%d processes x %d accumulation), %.1f epochs, %s lr %.3g, wd %.2g",
+             len(dataset), total_steps, cfg.batch_size, info.world, cfg.accumulate,
+             total_steps / steps_per_epoch, cfg.optimizer, cfg.base_lr, cfg.weight_decay)
 
     # ---- train
     method.train()
     bad_files: set[str] = set()
+    writer = _tensorboard(out) if cfg.tensorboard and main else None
     # With a time budget, the schedule is fitted again from step 31 on, on the measured pace.
     refit = cfg.minutes is not None and step == 0
-    t_fit = time.monotonic()
-    t_prev = time.monotonic()
-    bar = tqdm(total=total_steps, initial=step, desc=f"pretrain {cfg.method}", unit="step", dynamic_ncols=True)
-    with open(out / "log.jsonl", "a") as log_file:
+    t_fit = t_prev = last_save = time.monotonic()
+    bar = tqdm(total=total_steps, initial=step, desc=f"pretrain {cfg.method}", unit="step", dynamic_ncols=True,
+               disable=not main)
+    log_file = open(out / "log.jsonl", "a") if main else None  # noqa: SIM115
+    try:
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
-            sampler = EpochSampler(len(dataset), cfg.seed, epoch, offset * cfg.batch_size)
-            loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                                num_workers=cfg.workers, collate_fn=collate)
-            for images, _, bad in loader:
+            for images, bad in _epoch_batches(dataset, cfg, epoch, offset, steps_per_epoch, per_rank, info):
                 if bad:
                     new = set(bad) - bad_files
                     bad_files |= new
@@ -141,88 +276,208 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
                 lr = cfg.base_lr * warmup_cosine(step, total_steps, warmup)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # exact resume
-                loss = method.training_step(images, g)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr")
+                images = images.to(device, non_blocking=True)
+
+                # Micro-batches (gradient accumulation); DDP reduces gradients only on the last one.
+                # Each draws its augmentations as rows of the global batch (rng.BatchGenerator).
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                n_global = len(images) * info.world
+                loss_value = torch.zeros((), device=device)
+                chunks = torch.tensor_split(images, cfg.accumulate)
+                row = info.rank * len(images)
+                for i, chunk in enumerate(chunks):
+                    g = BatchGenerator(cfg.seed * 1_000_003 + step, start=row, size=len(chunk), total=n_global)
+                    row += len(chunk)
+                    last = i == len(chunks) - 1
+                    sync: Any = contextlib.nullcontext() if last or not info.enabled else model.no_sync()  # type: ignore[operator]
+                    autocast: Any = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype
+                                     else contextlib.nullcontext())
+                    with sync, autocast:
+                        loss = model(chunk, g) * (len(chunk) / len(images))
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                    loss_value += loss.detach().float()
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 method.on_step_end((step + 1) / total_steps)
                 step += 1
+
                 now = time.monotonic()
-                rate, t_prev = len(images) / (now - t_prev), now  # data loading included
+                rate, t_prev = n_global / (now - t_prev), now  # data loading included
                 if refit and step == 1:
                     t_fit = now
-                elif refit and (step == 31 or step % 50 == 0):
+                new_total = 0.0
+                if refit and step > 1 and (step == 31 or step % 50 == 0):
                     # Shared machines change speed: fit the remaining schedule to the measured pace.
                     per_step = (now - t_fit) / (step - 1)
                     remaining = cfg.minutes * 60 * 0.97 - (now - start)  # type: ignore[operator]
-                    total_steps = max(step + 1, step + int(remaining / per_step))
+                    new_total = float(max(step + 1, step + int(remaining / per_step)))
+                out_of_time = cfg.minutes is not None and now - start > cfg.minutes * 60
+                save_by_clock = cfg.checkpoint_minutes is not None and now - last_save > cfg.checkpoint_minutes * 60
+                # One collective: the global mean loss, and process 0's decisions for everyone.
+                stats = _sync(torch.stack([loss_value.cpu(), torch.tensor(float(out_of_time)),
+                                           torch.tensor(float(save_by_clock)), torch.tensor(new_total)]), info, device)
+                loss_mean = float(stats[0])
+                out_of_time, save_by_clock, new_total = bool(stats[1]), bool(stats[2]), float(stats[3])
+                if not torch.isfinite(torch.tensor(loss_mean)):
+                    raise FloatingPointError(f"loss became {loss_mean} at step {step}; lower --lr")
+                if new_total:
+                    total_steps = int(new_total)
                     if step == 31:
                         warmup = round(cfg.warmup_fraction * total_steps)
                     bar.total = total_steps
+
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}", lr=f"{lr:.3g}")
-                log_file.write(json.dumps({"step": step, "epoch": epoch, "loss": loss.item(), "lr": lr,
-                                           "img_per_s": round(rate, 1),
-                                           "elapsed_s": round(time.monotonic() - start, 1)}) + "\n")
-                out_of_time = cfg.minutes is not None and time.monotonic() - start > cfg.minutes * 60
-                if step % cfg.checkpoint_every == 0 or step >= total_steps or out_of_time:
+                bar.set_postfix(loss=f"{loss_mean:.3f}", img_s=f"{rate:.0f}", lr=f"{lr:.3g}")
+                record: dict[str, Any] = {"step": step, "epoch": epoch, "loss": loss_mean, "lr": lr,
+                                          "img_per_s": round(rate, 1), "elapsed_s": round(now - start, 1)}
+                checkpoint_now = (step % cfg.checkpoint_every == 0 or step >= total_steps or out_of_time
+                                  or save_by_clock)
+                if checkpoint_now and info.enabled:
+                    record["ranks_identical"] = D.ranks_identical(method)
+                    if not record["ranks_identical"]:
+                        raise RuntimeError(f"processes hold different weights at step {step}: "
+                                           "training is not deterministic across ranks")
+                if writer is not None:
+                    for k in ("loss", "lr", "img_per_s"):
+                        writer.add_scalar(f"train/{k}", record[k], step)
+                if log_file is not None:
+                    log_file.write(json.dumps(record) + "\n")
+                if checkpoint_now and main:
+                    assert log_file is not None
                     log_file.flush()
-                    _save(ckpt_path, cfg, method, optimizer, step, total_steps, time.monotonic() - start)
+                    if writer is not None:
+                        writer.flush()
+                    _save(ckpt_path, cfg, method, optimizer, scaler, step, total_steps, now - start)
                     _keep_numbered(ckpt_path, step, cfg.keep_checkpoints)
+                    last_save = now
                 if step >= total_steps or out_of_time:
                     total_steps = step
                     break
-    bar.close()
+    finally:
+        bar.close()
+        if log_file is not None:
+            log_file.close()
+        if writer is not None:
+            writer.close()
     if bad_files:
         log.warning("%d unreadable images were skipped", len(bad_files))
 
     # ---- what export needs: the centring vector and a few real images
-    center, samples = _center_and_samples(method.backbone, dataset, cfg)
-    _save(ckpt_path, cfg, method, optimizer, step, total_steps, time.monotonic() - start, center, samples)
-    log.info("wrote %s (%d steps, %.1f min)", ckpt_path, step, (time.monotonic() - start) / 60)
+    if main:
+        center, samples = _center_and_samples(method.backbone, dataset, cfg, device)
+        _save(ckpt_path, cfg, method, optimizer, scaler, step, total_steps, time.monotonic() - start,
+              center, samples)
+        log.info("wrote %s (%d steps, %.1f min)", ckpt_path, step, (time.monotonic() - start) / 60)
+    if info.enabled:
+        D.dist.barrier()
     return ckpt_path
 
 
-def _fit_steps(method: Method, dataset: ImageFolder, cfg: PretrainConfig) -> int:
+def _sync(values: torch.Tensor, info: D.DistInfo, device: torch.device) -> torch.Tensor:
+    """[mean over processes of values[0], then values[1:] as process 0 has them]."""
+    if not info.enabled:
+        return values
+    v = values.clone().float().to(device)  # NCCL reduces GPU tensors only
+    if info.rank != 0:
+        v[1:] = 0
+    D.dist.all_reduce(v)
+    v[0] /= info.world
+    return v.cpu()
+
+
+def _epoch_batches(dataset: Dataset | TarShards, cfg: PretrainConfig, epoch: int, offset: int,
+                   steps: int, per_rank: int, info: D.DistInfo) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """This process's batches of one epoch, from step `offset` on."""
+    if isinstance(dataset, TarShards):
+        dataset.set_epoch(epoch, info.rank, info.world)
+        loader = DataLoader(dataset, batch_size=per_rank, num_workers=cfg.workers, collate_fn=collate)
+        skip = offset  # a stream cannot seek: exact resume re-reads (without training on) the first batches
+    else:
+        sampler = EpochSampler(len(dataset), cfg.seed, epoch, offset * cfg.batch_size,  # type: ignore[arg-type]
+                               cfg.batch_size, info.rank, info.world)
+        loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=True,
+                            num_workers=cfg.workers, collate_fn=collate)
+        skip = 0
+    done = offset
+    for i, (images, _, bad) in enumerate(loader):
+        if i < skip:
+            continue
+        if info.enabled and len(images) < per_rank and len(images) > 0:
+            # Processes must keep equal batch shapes: repeat readable images in place of unreadable ones.
+            reps = -(-per_rank // len(images))
+            images = images.repeat(reps, *[1] * (images.dim() - 1))[:per_rank]
+        yield images, bad
+        done += 1
+        if done >= steps:
+            return
+
+
+def _fit_steps(method: Method, dataset: Dataset | TarShards, cfg: PretrainConfig, per_rank: int,
+               device: torch.device) -> int:
     """Time three steps (data + forward + backward, no update) and fit the schedule to the budget."""
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate)
+    state = copy.deepcopy(method.state_dict())  # BatchNorm statistics, DINO's centre: leave untouched
+    loader = DataLoader(dataset, batch_size=per_rank // cfg.accumulate, shuffle=False, collate_fn=collate)
     it = iter(loader)
     times = []
-    for _ in range(3):
+    for i in range(3):
         t0 = time.monotonic()
-        images = next(it)[0]
-        method.training_step(images).backward()
-        times.append(time.monotonic() - t0)
+        images = next(it)[0].to(device)
+        g = BatchGenerator(i, 0, len(images), len(images))
+        method.training_step(images, g).backward()
+        times.append((time.monotonic() - t0) * cfg.accumulate)
     method.zero_grad(set_to_none=True)
+    method.load_state_dict(state)
     per_step = sorted(times)[1]
     steps = int(cfg.minutes * 60 * 0.97 / per_step)  # type: ignore[operator]
     log.info("fitted schedule: %.2f s/step -> %d steps in %.1f min", per_step, steps, cfg.minutes)
     return max(1, steps)
 
 
+def _tensorboard(out: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError("TensorBoard logging needs the 'tensorboard' package: "
+                                  "pip install 'edgessl[train]', or pass --no-tensorboard", name=exc.name) from exc
+    return SummaryWriter(str(out / "tensorboard"))
+
+
 @torch.no_grad()
-def _center_and_samples(backbone: torch.nn.Module, dataset: ImageFolder,
-                        cfg: PretrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _center_and_samples(backbone: torch.nn.Module, dataset: Dataset | TarShards, cfg: PretrainConfig,
+                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean feature of `center_images` training images (frames, for clips) and 32 real samples."""
     backbone.eval()
-    g = torch.Generator().manual_seed(cfg.seed)
-    idx = torch.randperm(len(dataset), generator=g)[: cfg.center_images].tolist()
-    loader = DataLoader(torch.utils.data.Subset(dataset, idx), batch_size=256, collate_fn=collate)
+    if isinstance(dataset, TarShards):
+        dataset.set_epoch(0)
+        source: Any = dataset
+    else:
+        g = torch.Generator().manual_seed(cfg.seed)
+        idx = torch.randperm(len(dataset), generator=g)[: cfg.center_images].tolist()  # type: ignore[arg-type]
+        source = torch.utils.data.Subset(dataset, idx)
+    loader = DataLoader(source, batch_size=256, collate_fn=collate)
     views = ViewConfig(size=cfg.image_size)
     total: torch.Tensor | None = None
     count = 0
     samples: list[torch.Tensor] = []
     for images, _, _ in loader:
-        feats = backbone(eval_transform(images, cfg.image_size, views.mean, views.std))
+        if images.dim() == 5:  # clips: every frame counts
+            images = images.flatten(0, 1)
+        if len(images) == 0:
+            continue
+        x = eval_transform(images.to(device), cfg.image_size, views.mean, views.std)
+        feats = backbone(x).float()
         total = feats.sum(0) if total is None else total + feats.sum(0)
         count += len(feats)
         if sum(s.shape[0] for s in samples) < 32:
             samples.append(images[:32])
+        if count >= min(cfg.center_images, len(dataset)):  # a stream is endless: one pass at most
+            break
     backbone.train()
     assert total is not None
-    return (total / count).float(), torch.cat(samples)[:32].clone()
+    return (total / count).cpu(), torch.cat(samples)[:32].clone()
 
 
 def _keep_numbered(last: Path, step: int, keep: int) -> None:
@@ -236,13 +491,14 @@ def _keep_numbered(last: Path, step: int, keep: int) -> None:
 
 
 def _save(path: Path, cfg: PretrainConfig, method: torch.nn.Module, optimizer: torch.optim.Optimizer,
-          step: int, total_steps: int, elapsed: float, center: torch.Tensor | None = None,
+          scaler: Any, step: int, total_steps: int, elapsed: float, center: torch.Tensor | None = None,
           samples: torch.Tensor | None = None) -> None:
     views = ViewConfig(size=cfg.image_size)
     payload: dict[str, Any] = {
         "config": cfg.model_dump(),
-        "method_state": method.state_dict(),
+        "method_state": {k: v.cpu() for k, v in method.state_dict().items()},
         "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
         "step": step, "total_steps": total_steps, "elapsed_s": elapsed,
         "embedding_dim": method.backbone.dim,
         "preprocess": {"input_size": [cfg.image_size, cfg.image_size], "mean": list(views.mean),

@@ -22,7 +22,7 @@ class BatchGenerator(torch.Generator):
 
     def __new__(cls, seed: int, start: int = 0, size: int | None = None,
                 total: int | None = None) -> BatchGenerator:
-        return super().__new__(cls, "cpu")
+        return super().__new__(cls, "cpu")  # type: ignore[call-arg]
 
     def __init__(self, seed: int, start: int = 0, size: int | None = None, total: int | None = None) -> None:
         self.manual_seed(seed)

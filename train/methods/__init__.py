@@ -103,8 +103,8 @@ def momentum_at(base: float, progress: float) -> float:
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """teacher <- momentum * teacher + (1 - momentum) * student (parameters; buffers copied)."""
-    t_params = list(teacher.parameters())
-    s_params = list(student.parameters())
+    t_params: list[torch.Tensor] = list(teacher.parameters())
+    s_params: list[torch.Tensor] = list(student.parameters())
     torch._foreach_mul_(t_params, momentum)
     torch._foreach_add_(t_params, s_params, alpha=1 - momentum)
     for tb, sb in zip(teacher.buffers(), student.buffers(), strict=True):
@@ -144,7 +144,8 @@ def method_class(name: str) -> type[Method]:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; registered: {', '.join(method_names())}")
     module, cls = METHODS[name].split(":")
-    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+    found: type[Method] = getattr(importlib.import_module(module), cls)
+    return found
 
 
 def method_options(name: str) -> dict[str, Any]:

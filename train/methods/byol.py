@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgessl.train.backbones import output_dim
 from edgessl.train.losses import byol_loss
 from edgessl.train.methods import Method, ema_update, frozen_copy, mlp, momentum_at
 from edgessl.train.views import ViewConfig, ViewGenerator
@@ -16,7 +17,7 @@ class BYOL(Method):
                  momentum: float = 0.99) -> None:
         super().__init__(backbone, views)
         self.views = ViewGenerator(views, n_views=2)
-        self.projector = mlp(backbone.dim, hidden_dim, out_dim)
+        self.projector = mlp(output_dim(backbone), hidden_dim, out_dim)
         self.predictor = mlp(out_dim, hidden_dim, out_dim)
         self.target_backbone = frozen_copy(backbone)
         self.target_projector = frozen_copy(self.projector)

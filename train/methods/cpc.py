@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgessl.train.backbones import output_dim
 from edgessl.train.distributed import gather
 from edgessl.train.losses import cpc_infonce
 from edgessl.train.methods import Method
@@ -27,7 +28,7 @@ class CPC(Method):
             raise ValueError(f"cpc needs 1 <= predict_steps < clip_length, got {predict_steps} and {clip_length}")
         self.clip_length, self.steps, self.temperature = clip_length, predict_steps, temperature
         self.views = ViewGenerator(views, n_views=1)
-        self.project = nn.Linear(backbone.dim, dim)
+        self.project = nn.Linear(output_dim(backbone), dim)
         self.context = nn.GRU(dim, dim, batch_first=True)
         self.predictors = nn.ModuleList(nn.Linear(dim, dim) for _ in range(predict_steps))
 

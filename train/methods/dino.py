@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgessl.train.backbones import output_dim
 from edgessl.train.distributed import mean_no_grad
 from edgessl.train.losses import dino_loss, dino_teacher_probs
 from edgessl.train.methods import Method, ema_update, frozen_copy, momentum_at
@@ -39,7 +40,7 @@ class DINO(Method):
                  n_local: int = 2) -> None:
         super().__init__(backbone, views)
         self.views = MultiCropViews(views, n_global=2, n_local=n_local)
-        self.head = DINOHead(backbone.dim, hidden_dim, bottleneck_dim, out_dim)
+        self.head = DINOHead(output_dim(backbone), hidden_dim, bottleneck_dim, out_dim)
         self.teacher_backbone = frozen_copy(backbone)
         self.teacher_head = frozen_copy(self.head)
         self.register_buffer("center", torch.zeros(1, out_dim))

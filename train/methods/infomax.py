@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from edgessl.train.backbones import output_dim
 from edgessl.train.distributed import gather
 from edgessl.train.losses import infomax_jsd
 from edgessl.train.methods import Method, mlp
@@ -22,8 +23,8 @@ class InfoMax(Method):
                  cross_view: bool = True) -> None:
         super().__init__(backbone, views)
         self.views = ViewGenerator(views, n_views=2 if cross_view else 1)
-        self.global_head = mlp(backbone.dim, hidden_dim, dim)
-        self.local_head = nn.Sequential(nn.Conv2d(backbone.dim, hidden_dim, 1), nn.ReLU(inplace=True),
+        self.global_head = mlp(output_dim(backbone), hidden_dim, dim)
+        self.local_head = nn.Sequential(nn.Conv2d(output_dim(backbone), hidden_dim, 1), nn.ReLU(inplace=True),
                                         nn.Conv2d(hidden_dim, dim, 1))
         self.scale = dim ** -0.5  # keeps the initial scores near 0 whatever `dim` is
 

@@ -50,7 +50,8 @@ class MAE(Method):
         nn.init.trunc_normal_(self.decoder_pos, std=0.02)
 
     def training_step(self, images: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
-        backbone: ViT = self.backbone  # type: ignore[assignment]
+        backbone = self.backbone
+        assert isinstance(backbone, ViT)
         x = self.views(images, g)[0]
         tokens, _ = backbone.embed(x)
         n, length, d = tokens.shape

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from edgessl.train.backbones import output_dim
 from edgessl.train.distributed import gather, gather_no_grad
 from edgessl.train.losses import infonce
 from edgessl.train.methods import Method, ema_update, frozen_copy, mlp, momentum_at
@@ -21,7 +22,7 @@ class MoCo(Method):
                  hidden_dim: int = 1024, out_dim: int = 256, momentum: float = 0.99) -> None:
         super().__init__(backbone, views)
         self.views = ViewGenerator(views, n_views=2)
-        self.projector = mlp(backbone.dim, hidden_dim, out_dim, layers=3, last_bn=True)
+        self.projector = mlp(output_dim(backbone), hidden_dim, out_dim, layers=3, last_bn=True)
         self.predictor = mlp(out_dim, hidden_dim, out_dim, layers=2, last_bn=True)
         self.momentum_backbone = frozen_copy(backbone)
         self.momentum_projector = frozen_copy(self.projector)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgessl.train import rng
+from edgessl.train.backbones import output_dim
 from edgessl.train.methods import Method, mlp_head
 from edgessl.train.views import ViewConfig, ViewGenerator
 
@@ -23,7 +24,7 @@ class Rotation(Method):
     def __init__(self, backbone: nn.Module, views: ViewConfig, hidden_dim: int = 512) -> None:
         super().__init__(backbone, views)
         self.views = ViewGenerator(views, n_views=2)
-        self.head = mlp_head(backbone.dim, hidden_dim, 4)
+        self.head = mlp_head(output_dim(backbone), hidden_dim, 4)
 
     def training_step(self, images: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         views = self.views(images, g)

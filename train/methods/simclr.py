@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgessl.train.backbones import output_dim
 from edgessl.train.distributed import gather
 from edgessl.train.losses import nt_xent
 from edgessl.train.methods import Method, mlp_head
@@ -16,7 +17,7 @@ class SimCLR(Method):
                  hidden_dim: int = 1024, out_dim: int = 128) -> None:
         super().__init__(backbone, views)
         self.views = ViewGenerator(views, n_views=2)
-        self.head = mlp_head(backbone.dim, hidden_dim, out_dim)
+        self.head = mlp_head(output_dim(backbone), hidden_dim, out_dim)
         self.temperature = temperature
 
     def training_step(self, images: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:

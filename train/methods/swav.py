@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgessl.train.backbones import output_dim
 from edgessl.train.distributed import all_reduce_sum
 from edgessl.train.losses import sinkhorn_knopp, swav_loss
 from edgessl.train.methods import Method, mlp
@@ -23,7 +24,7 @@ class SwAV(Method):
                  out_dim: int = 128, n_local: int = 2) -> None:
         super().__init__(backbone, views)
         self.views = MultiCropViews(views, n_global=2, n_local=n_local)
-        self.projector = mlp(backbone.dim, hidden_dim, out_dim)
+        self.projector = mlp(output_dim(backbone), hidden_dim, out_dim)
         self.prototypes = nn.Linear(out_dim, n_prototypes, bias=False)
         self.temperature, self.epsilon, self.iterations = temperature, epsilon, sinkhorn_iterations
 

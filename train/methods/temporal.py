@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from edgessl.train.backbones import output_dim
 from edgessl.train.distributed import gather
 from edgessl.train.losses import temporal_infonce
 from edgessl.train.methods import Method, mlp_head
@@ -25,7 +26,7 @@ class Temporal(Method):
                              f"got {clip_length} and {window}")
         self.clip_length, self.window, self.temperature = clip_length, window, temperature
         self.views = ViewGenerator(views, n_views=1)  # each frame augmented on its own
-        self.head = mlp_head(backbone.dim, hidden_dim, out_dim)
+        self.head = mlp_head(output_dim(backbone), hidden_dim, out_dim)
 
     def training_step(self, clips: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         n, t = clips.shape[:2]

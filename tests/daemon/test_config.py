@@ -1,0 +1,121 @@
+"""The daemon config: every field described in the schema, and errors that name the line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgessl.cli import main
+from edgessl.edge_runtime.config import ConfigError, DaemonConfig, check_text, json_schema, load_config
+
+GOOD = """\
+device: gate-01
+model:
+  bundle: bundle
+cameras:
+  - id: gate
+    url: rtsp://192.168.1.20:554/stream1
+    transport: udp
+    regions:
+      - {name: left, x: 0, y: 0, width: 0.5, height: 1}
+      - {name: right, x: 0.5, y: 0, width: 0.5, height: 1}
+  - id: tray
+    url: /dev/video0
+  - id: clip
+    url: clips/demo.mp4
+    loop: true
+sinks:
+  mqtt: {host: 127.0.0.1}
+  jsonl: {path: events.jsonl}
+  webhooks:
+    - url: https://example.com/hook
+"""
+
+
+def test_schema_describes_every_field():
+    schema = json_schema()
+    models = {"DaemonConfig": schema, **schema["$defs"]}
+    undocumented = [f"{name}.{field}" for name, model in models.items()
+                    for field, prop in model.get("properties", {}).items() if not prop.get("description")]
+    assert not undocumented, f"fields without a description: {undocumented}"
+    assert all(m.get("additionalProperties") is False for m in models.values() if "properties" in m)
+
+
+def test_a_good_file_loads_with_paths_relative_to_it(tmp_path):
+    path = tmp_path / "edge.yaml"
+    path.write_text(GOOD)
+    config = load_config(path)
+    assert config.model.bundle == tmp_path / "bundle"
+    assert config.sinks.jsonl is not None and config.sinks.jsonl.path == tmp_path / "events.jsonl"
+    gate, tray, clip = config.cameras
+    assert (gate.kind, tray.kind, clip.kind) == ("rtsp", "v4l2", "file")
+    assert clip.url == str(tmp_path / "clips" / "demo.mp4") and clip.plays_realtime
+    assert [r.name for r in gate.region_list] == ["left", "right"]
+    assert [r.name for r in tray.region_list] == ["full"]
+    assert config.gallery_path == Path("/var/lib/edgessl/gallery.db")
+    assert gate.regions[1].box(640, 480) == (320, 0, 640, 480)
+
+
+def test_errors_name_the_line_of_the_offending_key(tmp_path):
+    text = GOOD.replace("    transport: udp\n", "    transport: udp\n    stall_timeout: 3\n")  # line 8
+    text = text.replace("  - id: tray\n    url: /dev/video0\n", "  - id: tray\n")  # url missing, item on line 12
+    text = text.replace("  mqtt: {host: 127.0.0.1}", "  mqtt: {host: 127.0.0.1, qos: 7}")  # now line 17
+    config, errors = check_text(text, "edge.yaml")
+    assert config is None
+    assert any(e.startswith("edge.yaml:8:5: cameras.0.stall_timeout: unknown key") for e in errors), errors
+    assert any(e.startswith("edge.yaml:12:5: cameras.1.url: required key is missing") for e in errors), errors
+    assert any(e.startswith("edge.yaml:17:27: sinks.mqtt.qos: Input should be 0, 1 or 2") for e in errors), errors
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("model: {bundle: b}\ncameras: []\n", "edge.yaml:2:1: cameras: List should have at least 1 item"),
+    ("model: {bundle: b, root: r}\ncameras: [{id: a, url: x.mp4}]\n", "edge.yaml:1:1: model: Value error, give exactly one"),
+    ("model: {bundle: b}\ncameras:\n  - {id: a, url: x.mp4}\n  - {id: a, url: y.mp4}\n", "camera ids must be unique"),
+    ("model: {bundle: b}\ncameras: [{id: 'a b', url: x.mp4}]\n", "cameras.0.id: String should match pattern"),
+    ("model: {bundle: b}\ncameras: [{id: a, url: 'ftp://x'}]\n", "unsupported URL scheme 'ftp'"),
+    ("model: {bundle: b}\ncameras: [{id: a, url: x.mp4, regions: [{name: r, x: 0.6, width: 0.5}]}]\n",
+     "reaches outside the frame"),
+    ("model: {bundle: b}\nmodel: {bundle: c}\ncameras: [{id: a, url: x.mp4}]\n", "edge.yaml:2:1: model: key repeated"),
+    ("model: {bundle: b\ncameras: []\n", "edge.yaml:2:"),  # YAML syntax error, with its line
+    ("", "expected a mapping"),
+])
+def test_invalid_configs(text, expected):
+    config, errors = check_text(text, "edge.yaml")
+    assert config is None
+    assert any(expected in e for e in errors), errors
+
+
+def test_load_config_raises_with_every_error(tmp_path):
+    path = tmp_path / "edge.yaml"
+    path.write_text("model: {bundle: b}\ncameras: [{id: a}]\nfoo: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "edge.yaml:2:" in str(info.value) and "edge.yaml:3:1: foo: unknown key" in str(info.value)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_config_command(tmp_path, capsys):
+    assert main(["config", "schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["title"] == "DaemonConfig" and "cameras" in schema["required"]
+
+    good = tmp_path / "edge.yaml"
+    good.write_text(GOOD)
+    assert main(["config", "check", str(good)]) == 0
+    assert "valid" in capsys.readouterr().out
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("loop: true", "loop: sometimes"))
+    assert main(["config", "check", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:15:5: cameras.2.loop:" in err and "1 error" in err
+
+
+def test_model_is_frozen_and_strict():
+    config = DaemonConfig.model_validate({"model": {"bundle": "/b"}, "cameras": [{"id": "a", "url": "/x.mp4"}]})
+    with pytest.raises(Exception):  # noqa: B017 (pydantic's ValidationError for a frozen instance)
+        config.device = "other"  # type: ignore[misc]
+    assert config.device  # defaults to the host name
