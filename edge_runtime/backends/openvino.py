@@ -18,7 +18,9 @@ class OpenVinoBackend(Backend):
     artifact_format: ClassVar[str] = "openvino"
 
     def __init__(self, model_path: Path, *, threads: int | None = None, device: str = "CPU",
-                 hint: str = "LATENCY") -> None:
+                 hint: str = "LATENCY", inference_precision: str = "f32") -> None:
+        """inference_precision: OpenVINO picks bf16 on CPUs that have it unless told otherwise; f32
+        (the default here) computes what export checked. A profile may choose "bf16" for speed."""
         try:
             import openvino as ov
         except ImportError as exc:
@@ -30,7 +32,7 @@ class OpenVinoBackend(Backend):
         core = ov.Core()
         if device.split(":")[0] not in {d.split(".")[0] for d in core.available_devices} | {"AUTO", "MULTI", "HETERO"}:
             raise BackendError(f"OpenVINO device {device!r} not available; available: {', '.join(core.available_devices)}")
-        config: dict[str, object] = {"PERFORMANCE_HINT": hint}
+        config: dict[str, object] = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": inference_precision}
         if threads is not None and device == "CPU":
             config["INFERENCE_NUM_THREADS"] = threads
         try:

@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from edgessl.edge_runtime.backends import Backend, check_batch
 from edgessl.edge_runtime.bundle import check_external_data
-from edgessl.errors import BackendError
+from edgessl.errors import BackendError, BundleError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,10 @@ class OnnxRuntimeBackend(Backend):
                                f"available here: {', '.join(available)}")
         if not Path(model_path).is_file():
             raise BackendError(f"{model_path}: model file not found")
-        check_external_data(Path(model_path))  # before ONNX Runtime opens any external-data file
+        try:
+            check_external_data(Path(model_path))  # before ONNX Runtime opens any external-data file
+        except BundleError as exc:
+            raise BackendError(f"{model_path}: ONNX Runtime cannot load the model: {exc}") from exc
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any, ClassVar
@@ -85,6 +86,21 @@ def build_engine(onnx_path: Path, max_batch: int = 8, workspace_mb: int = 1024) 
     return bytes(serialized)
 
 
+def _write_atomically(path: Path, data: bytes) -> None:
+    """A power cut leaves the old cache or the whole new engine, never a truncated one."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 class TensorRtBackend(Backend):
     artifact_format: ClassVar[str] = "tensorrt"
 
@@ -105,9 +121,7 @@ class TensorRtBackend(Backend):
             else:
                 log.info("building a TensorRT engine for %s (first run on this GPU)", model_path.name)
                 plan = build_engine(model_path, max_batch)
-                tmp = cached.with_suffix(".tmp")
-                tmp.write_bytes(plan)
-                tmp.replace(cached)
+                _write_atomically(cached, plan)
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:

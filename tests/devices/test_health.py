@@ -121,7 +121,8 @@ def test_golden_reference_is_what_the_check_compares(make_bundle, tmp_path, help
     golden = dict(np.load(bundle / "golden.npz"))
     rng = np.random.default_rng(0)
     emb = golden["embeddings"]
-    noisy = emb + rng.standard_normal(emb.shape).astype(np.float32) * np.linalg.norm(emb, axis=1, keepdims=True) * 0.05
+    centred = emb - np.load(bundle / "center.npy")  # the check compares centred embeddings
+    noisy = emb + rng.standard_normal(emb.shape).astype(np.float32) * np.linalg.norm(centred, axis=1, keepdims=True) * 0.05
     np.savez(tmp_path / "g.npz", inputs=golden["inputs"], embeddings=noisy)
     helpers.replace_file(bundle, "golden.npz", (tmp_path / "g.npz").read_bytes())
     fp32 = load_profile(helpers.write_profile(tmp_path / "fp32.toml"))
