@@ -155,6 +155,80 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     return image
 
 
+# -- streamed uploads ---------------------------------------------------------------------------
+
+
+def _multipart() -> tuple[Any, Any]:
+    try:  # python-multipart >= 0.0.13
+        from python_multipart.multipart import MultipartParser, parse_options_header
+    except ImportError:  # older releases
+        from multipart.multipart import MultipartParser, parse_options_header  # type: ignore[no-redef]
+    return MultipartParser, parse_options_header
+
+
+async def receive_upload(request: Request, out: Any, file_field: str) -> tuple[int, dict[str, str]]:
+    """Write an upload to the open binary file `out` as it arrives: the whole body, or the
+    file field `file_field` of a multipart form. Returns (bytes written, the form's small text
+    fields). The body's size is capped by BodyLimit."""
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        size = 0
+        async for chunk in request.stream():
+            out.write(chunk)
+            size += len(chunk)
+        return size, {}
+    parser_class, parse_options_header = _multipart()
+    _, params = parse_options_header(ctype)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise HTTPException(400, "multipart/form-data without a boundary")
+    part: dict[str, Any] = {}
+    fields: dict[str, bytearray] = {}
+    written = 0
+
+    def on_part_begin() -> None:
+        part.clear()
+        part.update(headers={}, field=b"", value=b"", name=None)
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        part["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        part["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        part["headers"][part["field"].lower()] = part["value"]
+        part["field"], part["value"] = b"", b""
+
+    def on_headers_finished() -> None:
+        _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        part["name"] = disposition.get(b"name", b"").decode("utf-8", "replace")
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        nonlocal written
+        if part["name"] == file_field:
+            out.write(data[start:end])
+            written += end - start
+            return
+        value = fields.setdefault(part["name"], bytearray())
+        if len(value) + end - start > 4096:
+            raise HTTPException(400, f"form field {part['name']!r} is too long (text fields: 4096 bytes)")
+        value += data[start:end]
+
+    parser = parser_class(boundary, callbacks={
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished, "on_part_data": on_part_data})
+    async for chunk in request.stream():
+        try:
+            parser.write(chunk)
+        except HTTPException:
+            raise
+        except Exception as exc:  # python-multipart's own errors
+            raise HTTPException(400, f"malformed multipart upload: {exc}") from exc
+    parser.finalize()
+    return written, {k: v.decode("utf-8", "replace") for k, v in fields.items()}
+
+
 # -- requests -----------------------------------------------------------------------------------
 
 
@@ -186,8 +260,13 @@ def create_app(daemon: Daemon, token: str) -> Any:
 
     @app.exception_handler(EdgesslError)
     async def _edgessl_error(request: Request, exc: EdgesslError) -> JSONResponse:
+        from edgessl.edge_runtime.daemon import jsonable
+
         status = getattr(exc, "status", 400)
-        return JSONResponse({"detail": str(exc), **getattr(exc, "detail", {})}, status_code=status)
+        body: dict[str, Any] = {"ok": False, "detail": str(exc), **getattr(exc, "detail", {})}
+        if getattr(exc, "result", None) is not None:  # the installer's InstallResult: its steps
+            body["install"] = jsonable(exc.result)  # type: ignore[attr-defined]
+        return JSONResponse(body, status_code=status)
 
     # -- page and status --------------------------------------------------------------------
 
@@ -198,6 +277,7 @@ def create_app(daemon: Daemon, token: str) -> Any:
     app.mount("/web", StaticFiles(directory=WEB), name="web")
 
     @app.get("/health", summary="daemon, model, cameras and sinks")
+    @app.get("/v1/health", include_in_schema=False)
     def health() -> JSONResponse:
         report = daemon.health()
         return JSONResponse(report, status_code=200 if report["status"] != "failed" else 503)
@@ -306,27 +386,30 @@ def create_app(daemon: Daemon, token: str) -> Any:
         return daemon.model.info()
 
     @app.post("/v1/model", dependencies=auth, summary="upload a bundle (.tar) and switch to it without a restart",
+              description="The bundle is the request body (Content-Type: application/x-tar), or the file "
+              "field `bundle` of a multipart form (with an optional `allow_downgrade` field). It is written "
+              "to state_dir/incoming as it arrives, never held in memory.",
               openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}})
+                  "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
+                  "multipart/form-data": {"schema": {"type": "object", "required": ["bundle"], "properties": {
+                      "bundle": {"type": "string", "format": "binary"},
+                      "allow_downgrade": {"type": "boolean"}}}}}}})
     async def upload_model(request: Request,
                            allow_downgrade: bool = Query(False, description="install even if not newer")
                            ) -> dict[str, Any]:
         incoming = daemon.config.state_dir / "incoming"
         incoming.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=incoming, suffix=".tar", delete=False) as tmp:
-            path = Path(tmp.name)
-            size = 0
-            try:
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    tmp.write(chunk)
-            except Exception as exc:
-                path.unlink(missing_ok=True)
-                raise HTTPException(400, f"upload interrupted: {exc}") from exc
+        fd, name = tempfile.mkstemp(dir=incoming, suffix=".tar")
+        path = Path(name)
         try:
+            with open(fd, "wb") as out:
+                size, fields = await receive_upload(request, out, "bundle")
             if size == 0:
-                raise HTTPException(400, "empty upload: send the bundle .tar as the request body")
-            return await run_in_threadpool(daemon.install_bundle, path, allow_downgrade=allow_downgrade)
+                raise HTTPException(400, "empty upload: send the bundle .tar as the request body "
+                                    "or as the multipart file field 'bundle'")
+            downgrade = allow_downgrade or fields.get("allow_downgrade", "").lower() in ("1", "true", "yes", "on")
+            answer = await run_in_threadpool(daemon.install_bundle, path, allow_downgrade=downgrade)
+            return {"ok": True, **answer}
         finally:
             path.unlink(missing_ok=True)
 

@@ -242,13 +242,24 @@ class RegionState:
                 "frame": self.frame}
 
 
+@dataclass(frozen=True)
+class BatchStats:
+    """One pass of the inference loop, for observers (benchmarks, tests)."""
+
+    cameras: list[str]  # the camera of each frame in the batch
+    latencies: list[float]  # capture -> decision of each frame (seconds)
+    crops: int  # regions embedded
+    inference_s: float  # embedding + scoring time
+
+
 def crop(image: np.ndarray, region: RegionConfig) -> np.ndarray:
     h, w = image.shape[:2]
     x0, y0, x1, y1 = region.box(w, h)
     return image[y0:y1, x0:x1]
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """A JSON-friendly copy of dataclasses, named tuples, plain objects, enums and paths."""
     if isinstance(value, Enum):
         value = value.value
     if is_dataclass(value) and not isinstance(value, type):
@@ -260,9 +271,9 @@ def _jsonable(value: Any) -> Any:
     elif hasattr(value, "__dict__") and not isinstance(value, type):
         value = {k: v for k, v in vars(value).items() if not k.startswith("_")}
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, str | int | float | bool) or value is None:
         return value
     return str(value)
@@ -275,13 +286,14 @@ class Daemon:
     """`Daemon(config).run_forever()` for the command; `start()`/`stop()` (or `with`) in tests."""
 
     def __init__(self, config: DaemonConfig, *, extra_sinks: Mapping[str, Sink] | None = None,
-                 opener: Opener = open_capture) -> None:
+                 opener: Opener = open_capture, observer: Callable[[BatchStats], None] | None = None) -> None:
         self.config = config
         self.device = config.device
         self.gallery_path = config.gallery_path
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._extra_sinks = dict(extra_sinks or {})
+        self._observer = observer
         cams = [c for c in config.cameras if c.enabled]
         self.streams: dict[str, CameraStream] = {
             c.id: CameraStream(c, on_frame=self._wake.set, opener=opener) for c in cams}
@@ -476,7 +488,7 @@ class Daemon:
                 active = Path(active_bundle(root))
                 if active.resolve() != Path(self.model.bundle.root).resolve():
                     self.reload_model(active)  # the installer switched without calling us back
-                return {"model": self.model.info(), "install": _jsonable(result)}
+                return {"model": self.model.info(), "install": jsonable(result)}
             return {"model": self._install_unpacked(archive, allow_downgrade)}
         finally:
             self._install_lock.release()
@@ -637,6 +649,9 @@ class Daemon:
             if decision.changed and decision.label is not None:
                 self._emit(Event(self.device, frame.camera, region.name, decision.label, decision.previous,
                                  decision.score, frame.captured_at, decided_at, frame.seq, model.tag))
+        if self._observer is not None:
+            self._observer(BatchStats([f.camera for f in frames], [decided_mono - f.captured_mono for f in frames],
+                                      len(crops), took))
 
     def _count_gallery(self, gallery: Gallery) -> None:
         classes = gallery.classes()

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     _say("4/5 enroll", f"{SHOTS} examples per class into the on-device gallery")
     with FeatureExtractor.from_bundle(bundle) as extractor, Gallery(out / "gallery.db") as gallery:
-        classifier = FewShotClassifier(extractor, gallery, threshold=0.0)
+        classifier = FewShotClassifier(extractor, gallery, threshold=-1.0)  # always the nearest class
         for kind, paths in held_out.items():
             classifier.enroll(kind, [cv2.imread(str(p)) for p in paths[:SHOTS]])
         print(", ".join(f"{c.label} ({c.exemplars})" for c in gallery.classes()))

@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 
 CLASSES = ("circle", "square", "triangle", "cross", "star")
+# Each class has its own fill pattern as well as its shape (like real objects have both a form
+# and a surface); colours, sizes, positions, rotations and backgrounds are random.
+PATTERNS = {"circle": "solid", "square": "stripes", "triangle": "checker", "cross": "dots", "star": "rings"}
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
@@ -55,18 +58,40 @@ def render(kind: str, rng: np.random.Generator, size: int = 64, center: tuple[fl
     r = radius if radius is not None else size * rng.uniform(0.22, 0.38)
     cx, cy = center if center is not None else (rng.uniform(r, size - r), rng.uniform(r, size - r))
     a = angle if angle is not None else rng.uniform(0, 2 * math.pi)
-    color = tuple(int(c) for c in rng.integers(0, 256, 3))
+    color = rng.integers(0, 256, 3)
     # Keep the shape visible: push its colour away from the local background.
     local = img[int(cy) % size, int(cx) % size].astype(int)
-    if np.abs(np.array(color) - local).sum() < 150:
-        color = tuple(int(255 - c) for c in local)
+    if np.abs(color - local).sum() < 150:
+        color = 255 - local
+    mask = np.zeros((size, size), np.uint8)
     shift = 4  # sub-pixel precision for anti-aliased edges
     if kind == "circle":
-        cv2.circle(img, (round(cx * 16), round(cy * 16)), round(r * 16), color, -1, cv2.LINE_AA, shift)
+        cv2.circle(mask, (round(cx * 16), round(cy * 16)), round(r * 16), 255, -1, cv2.LINE_AA, shift)
     else:
         pts = np.round(_polygon(kind, cx, cy, r, a) * 16).astype(np.int32)
-        cv2.fillPoly(img, [pts], color, cv2.LINE_AA, shift)
-    return img
+        cv2.fillPoly(mask, [pts], 255, cv2.LINE_AA, shift)
+    fill = _pattern(PATTERNS[kind], size, a, color, rng)
+    alpha = (mask.astype(np.float32) / 255)[:, :, None]
+    return (alpha * fill + (1 - alpha) * img).round().astype(np.uint8)
+
+
+def _pattern(kind: str, size: int, angle: float, color: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The shape's surface: `color` and a darker shade of it in the class's pattern."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) * (64 / size)
+    c, s = math.cos(angle), math.sin(angle)
+    u, v = x * c + y * s, -x * s + y * c
+    if kind == "solid":
+        on = np.ones_like(u, bool)
+    elif kind == "stripes":
+        on = (u // 5) % 2 == 0
+    elif kind == "checker":
+        on = ((u // 7) + (v // 7)) % 2 == 0
+    elif kind == "dots":
+        on = ((u % 9 - 4.5) ** 2 + (v % 9 - 4.5) ** 2) > 7
+    else:  # rings around the image centre
+        on = (np.hypot(x - 32, y - 32) // 5) % 2 == 0
+    dark = color.astype(np.float32) * rng.uniform(0.2, 0.5)
+    return np.where(on[:, :, None], color.astype(np.float32), dark)
 
 
 def write_image_set(root: Path, per_class: int, size: int = 64, seed: int = 0) -> dict[str, list[Path]]:

@@ -253,8 +253,10 @@ def test_model_upload_hot_reload(api, make_bundle):
     r = client.post("/v1/model", headers=AUTH, content=zlib.compress(b"junk"))
     assert r.status_code == 400
     assert client.get("/v1/model").json()["version"] == 2
-    r = client.post("/v1/model?allow_downgrade=true", headers=AUTH, content=tar_of(v1))
-    assert r.status_code == 200 and r.json()["model"]["version"] == 1
+    # As `edgessl flash --to URL` sends it: a multipart form with the file field "bundle".
+    r = client.post("/v1/model", headers=AUTH, files={"bundle": ("bundle.tar", tar_of(v1), "application/x-tar")},
+                    data={"allow_downgrade": "true"})
+    assert r.status_code == 200 and r.json()["ok"] and r.json()["model"]["version"] == 1
     bundles = daemon.config.state_dir / "bundles"
     assert len([p for p in bundles.iterdir() if p.is_dir()]) <= 2  # old uploads are cleaned up
 

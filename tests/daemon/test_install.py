@@ -1,0 +1,60 @@
+"""A daemon on a real device root: `edgessl flash --to http://...` (devices.flash.push) goes
+through the A/B installer (signature, health check, switch) and the daemon hot-reloads."""
+
+from __future__ import annotations
+
+import pytest
+from daemon_helpers import RED, make_config, textured, wait_for
+
+from edgessl.edge_runtime.daemon import Daemon
+
+PROFILE = """\
+name = "test-cpu"
+description = "tests: the tiny model on ONNX Runtime"
+arch = "x86_64"
+backends = ["onnxruntime"]
+precisions = ["fp32"]
+threads = 1
+input_size = [32, 32]
+latency_budget_ms = 500.0
+memory_budget_mb = 4096
+health_timeout_s = 120.0
+"""
+
+
+def test_push_to_a_daemon_on_a_device_root(tmp_path, make_bundle, clips, monkeypatch):
+    keys = pytest.importorskip("edgessl.devices.keys")
+    flash = pytest.importorskip("edgessl.devices.flash")
+    installer = pytest.importorskip("edgessl.edge_runtime.installer")
+
+    pair = keys.generate_keypair(tmp_path / "keys", "operator")
+    (tmp_path / "profile.toml").write_text(PROFILE)
+    root = tmp_path / "device"
+    installer.init_device(root, tmp_path / "profile.toml", [pair.public])
+    v1 = make_bundle("v1", seed=0, version=1)
+    keys.sign_bundle(v1, pair.private)
+    installer.install(root, v1)
+
+    monkeypatch.setenv("EDGESSL_API_TOKEN", "push-test-token-0123456789")
+    config = make_config(tmp_path, v1, [{"id": "cam", "url": str(clips["red"]), "loop": True}],
+                         model={"root": str(root), "threads": 1}, api={"port": 0})
+    with Daemon(config) as daemon:
+        daemon.enroll_images("red", [textured(RED, i) for i in range(3)])
+        wait_for(lambda: daemon.states()[0]["label"] == "red", 15, "red before the update")
+        assert daemon.model.info()["version"] == 1
+
+        v2 = make_bundle("v2", seed=1, version=2)
+        keys.sign_bundle(v2, pair.private)
+        answer = flash.push(v2, daemon.api_url, "push-test-token-0123456789")
+        assert answer["ok"] and answer["model"]["version"] == 2
+        assert daemon.model.bundle.root.resolve() == installer.active_bundle(root).resolve()
+        assert daemon.streams["cam"].status().reconnects == 0
+        wait_for(lambda: daemon.states()[0]["label"] == "red", 15, "red with the new model")
+
+        unsigned = make_bundle("v3", seed=2, version=3)
+        with pytest.raises(flash.FlashError) as info:
+            flash.push(unsigned, daemon.api_url, "push-test-token-0123456789")
+        assert "sign" in str(info.value).lower()
+        assert daemon.model.info()["version"] == 2  # refused: the running model stays
+        with pytest.raises(flash.FlashError, match="token"):
+            flash.push(v2, daemon.api_url, "wrong-token")
