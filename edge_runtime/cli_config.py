@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     model = f"bundle {config.model.bundle}" if config.model.bundle else f"device root {config.model.root}"
     sinks = [n for n in ("mqtt", "jsonl") if getattr(config.sinks, n) is not None]
-    sinks += [f"{len(config.sinks.webhooks)} webhooks"] if config.sinks.webhooks else []
+    n = len(config.sinks.webhooks)
+    sinks += [f"{n} webhook{'s' if n != 1 else ''}"] if n else []
     print(f"{path}: valid — device {config.device}, {len(config.cameras)} cameras "
           f"({', '.join(c.id for c in config.cameras)}), {model}, sinks: {', '.join(sinks) or 'none'}")
     return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -513,7 +514,8 @@ class Daemon:
             if new.version <= current.version and not allow_downgrade:
                 raise Conflict(f"bundle {new.name} v{new.version} is not newer than the running "
                                f"{current.name} v{current.version}; pass allow_downgrade=true to install it anyway")
-            final = bundles / f"{new.name}-v{new.version}-{time.strftime('%Y%m%d-%H%M%S')}"
+            safe = re.sub(r"[^A-Za-z0-9_-]", "_", new.name)[:40]  # the name comes from the upload
+            final = bundles / f"{safe}-v{new.version}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
             os.replace(dest, final)
             root = final / root.relative_to(dest)
             dest = final

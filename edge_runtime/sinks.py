@@ -13,7 +13,6 @@ import logging
 import os
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -269,9 +268,10 @@ class MqttSink:
         try:
             if self.connected.is_set():
                 info = self._client.publish(self.availability_topic, "offline", qos=self.config.qos, retain=True)
-                deadline = time.monotonic() + timeout
-                while not info.is_published() and time.monotonic() < deadline and self.connected.is_set():
-                    time.sleep(0.01)
+                try:
+                    info.wait_for_publish(timeout)
+                except (RuntimeError, ValueError) as exc:  # not queued: the connection just went
+                    log.debug("MQTT offline message not sent: %s", exc)
             self._client.disconnect()
         finally:
             self._client.loop_stop()

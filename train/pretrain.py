@@ -225,8 +225,12 @@ def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.D
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
 
     step, elapsed_before, total_steps = 0, 0.0, None
-    if resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path) if resume and main and ckpt_path.is_file() else None
+    if resume and info.enabled:  # process 0 reads it and hands it to the others (other nodes may not see RUN)
+        box = [ckpt]
+        D.dist.broadcast_object_list(box, src=0)
+        ckpt = box[0]
+    if ckpt is not None:
         method.load_state_dict(ckpt["method_state"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
@@ -473,7 +477,7 @@ def _center_and_samples(backbone: torch.nn.Module, dataset: Dataset | TarShards,
         count += len(feats)
         if sum(s.shape[0] for s in samples) < 32:
             samples.append(images[:32])
-        if count >= min(cfg.center_images, len(dataset)):  # a stream is endless: one pass at most
+        if count >= min(cfg.center_images, len(source)):  # a stream is endless: one pass at most
             break
     backbone.train()
     assert total is not None

@@ -113,6 +113,13 @@ def test_enroll_uploaded_images_then_classes_and_thumbnails(api):
     wait_for(lambda: label_of(client, "red") == "red", 15, "the red camera to read red")
     assert client.get("/v1/exemplars/999999.jpg").status_code == 404
 
+    # Negative examples: "this is not red" (a purple that the red prototype would take).
+    purple = [("images", (f"p{i}.png", png(textured((150, 30, 180), i)), "image/png")) for i in range(2)]
+    r = client.post("/v1/classes", headers=AUTH, data={"label": "red", "negative": "true"}, files=purple)
+    assert r.status_code == 201 and r.json()["negative"]
+    red = next(c for c in client.get("/v1/classes").json() if c["label"] == "red")
+    assert (red["exemplars"], red["negatives"], len(red["negative_ids"])) == (4, 2, 2)
+
 
 @pytest.mark.parametrize(("data", "status", "message"), [
     (b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, 400, "damaged or truncated"),
@@ -138,7 +145,10 @@ def test_oversized_upload_is_refused_without_reading_it(api):
         sock.sendall(f"POST /v1/classes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
                      "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 10000000000\r\n\r\n".encode())
         start = time.monotonic()
-        answer = sock.recv(4096).decode()
+        answer = b""
+        while chunk := sock.recv(4096):  # the server answers and closes the connection
+            answer += chunk
+        answer = answer.decode()
         assert answer.startswith("HTTP/1.1 413") and time.monotonic() - start < 5
         assert "the limit of this route is 200000 bytes" in answer
 
@@ -259,6 +269,19 @@ def test_model_upload_hot_reload(api, make_bundle):
     assert r.status_code == 200 and r.json()["ok"] and r.json()["model"]["version"] == 1
     bundles = daemon.config.state_dir / "bundles"
     assert len([p for p in bundles.iterdir() if p.is_dir()]) <= 2  # old uploads are cleaned up
+
+
+def test_an_uploaded_model_name_cannot_escape_the_bundles_folder(api, make_bundle):
+    from edgessl.edge_runtime.bundle import read_manifest, write_manifest
+
+    daemon, client = api
+    evil = make_bundle("evil", seed=4, version=9)
+    manifest = read_manifest(evil)
+    write_manifest(evil, manifest.model_copy(update={"model": manifest.model.model_copy(update={"name": "../../x"})}))
+    r = client.post("/v1/model", headers=AUTH, content=tar_of(evil))
+    assert r.status_code == 200, r.text
+    root = Path(r.json()["model"]["bundle"]).resolve()
+    assert root.parent == (daemon.config.state_dir / "bundles").resolve() and root.name.startswith("______x-v9-")
 
 
 def test_root_mode_installs_through_the_ab_installer(tmp_path, tiny_bundle, make_bundle, clips, monkeypatch):

@@ -119,3 +119,11 @@ def test_model_is_frozen_and_strict():
     with pytest.raises(Exception):  # noqa: B017 (pydantic's ValidationError for a frozen instance)
         config.device = "other"  # type: ignore[misc]
     assert config.device  # defaults to the host name
+
+
+def test_the_shipped_example_is_valid():
+    example = Path(__file__).resolve().parents[2] / "edge_runtime" / "deploy" / "edge.example.yaml"
+    config, errors = check_text(example.read_text(), str(example), example.parent)
+    assert config is not None, errors
+    assert [c.kind for c in config.cameras] == ["rtsp", "v4l2", "http", "file"]
+    assert config.model.root == Path("/var/lib/edgessl/device")

@@ -43,6 +43,8 @@ METHODS: dict[str, str] = {
     # video (clips)
     "temporal": "edgessl.train.methods.temporal:Temporal",
     "cpc": "edgessl.train.methods.cpc:CPC",
+    # knowledge distillation into a small student (`edgessl distill`)
+    "distill": "edgessl.train.methods.distill:Distill",
 }
 
 

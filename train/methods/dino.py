@@ -18,17 +18,25 @@ from edgessl.train.views import MultiCropViews, ViewConfig
 
 
 class DINOHead(nn.Module):
-    """3-layer MLP (GELU) to an L2-normalised bottleneck, then cosine scores against `out_dim`
-    prototypes (DINO's weight-normalised last layer with its norm fixed to 1)."""
+    """3-layer MLP (BatchNorm + GELU, DINO's choice for ResNets) to an L2-normalised bottleneck,
+    then scores against `out_dim` prototypes: a weight-normalised last layer whose norms are
+    fixed to 1 (`norm_last_layer`, cosine scores) or learned."""
 
-    def __init__(self, dim: int, hidden: int, bottleneck: int, out_dim: int) -> None:
+    def __init__(self, dim: int, hidden: int, bottleneck: int, out_dim: int, use_bn: bool = True,
+                 norm_last_layer: bool = False) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-                                 nn.Linear(hidden, bottleneck))
+
+        def norm() -> nn.Module:
+            return nn.BatchNorm1d(hidden) if use_bn else nn.Identity()
+
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), norm(), nn.GELU(), nn.Linear(hidden, hidden), norm(),
+                                 nn.GELU(), nn.Linear(hidden, bottleneck))
         self.prototypes = nn.Parameter(torch.randn(out_dim, bottleneck) * 0.02)
+        self.gain = nn.Parameter(torch.ones(out_dim), requires_grad=not norm_last_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.mlp(x), dim=-1) @ F.normalize(self.prototypes, dim=-1).T
+        w = F.normalize(self.prototypes, dim=-1) * self.gain[:, None]
+        return F.normalize(self.mlp(x), dim=-1) @ w.T
 
 
 class DINO(Method):
@@ -37,10 +45,11 @@ class DINO(Method):
     def __init__(self, backbone: nn.Module, views: ViewConfig, out_dim: int = 2048, hidden_dim: int = 1024,
                  bottleneck_dim: int = 256, student_temperature: float = 0.1,
                  teacher_temperature: float = 0.04, center_momentum: float = 0.9, momentum: float = 0.99,
-                 n_local: int = 2) -> None:
+                 n_local: int = 2, use_bn_in_head: bool = True, norm_last_layer: bool = False) -> None:
         super().__init__(backbone, views)
         self.views = MultiCropViews(views, n_global=2, n_local=n_local)
-        self.head = DINOHead(output_dim(backbone), hidden_dim, bottleneck_dim, out_dim)
+        self.head = DINOHead(output_dim(backbone), hidden_dim, bottleneck_dim, out_dim, use_bn_in_head,
+                             norm_last_layer)
         self.teacher_backbone = frozen_copy(backbone)
         self.teacher_head = frozen_copy(self.head)
         self.register_buffer("center", torch.zeros(1, out_dim))
