@@ -53,15 +53,21 @@ def resize(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if ih == 0 or iw == 0:
         raise ImageError(f"image has no pixels (shape {image.shape})")
     interpolation = _INTERPOLATION[spec.interpolation]
-    if spec.resize == "stretch":
-        return cv2.resize(image, (tw, th), interpolation=interpolation)
-    # Scale so that the image covers the target (the shorter side, for a square target), then crop.
-    scale = max(th / ih, tw / iw)
-    rh, rw = max(th, round(ih * scale)), max(tw, round(iw * scale))
-    if (rh, rw) != (ih, iw):
-        image = cv2.resize(image, (rw, rh), interpolation=interpolation)
-    top, left = (rh - th) // 2, (rw - tw) // 2
-    return image[top:top + th, left:left + tw]
+    if spec.resize == "shorter_side_crop":
+        # Scale so that the image covers the target (the shorter side, for a square target) and
+        # keep the centre. Cropping first in source pixels means only what is kept gets resized.
+        scale = max(th / ih, tw / iw)
+        rh, rw = max(th, round(ih * scale)), max(tw, round(iw * scale))
+        top, left = (rh - th) // 2, (rw - tw) // 2
+        if (rh, rw) != (ih, iw):
+            y0, y1 = round(top / scale), round((top + th) / scale)
+            x0, x1 = round(left / scale), round((left + tw) / scale)
+            image = image[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
+        else:
+            return image[top:top + th, left:left + tw]
+    if image.shape[:2] == (th, tw):
+        return image
+    return cv2.resize(image, (tw, th), interpolation=interpolation)
 
 
 def preprocess(images: Sequence[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
@@ -72,7 +78,9 @@ def preprocess(images: Sequence[np.ndarray], spec: PreprocessSpec) -> np.ndarray
     batch = np.stack([resize(to_bgr(im), spec) for im in images])  # N, H, W, 3 (BGR)
     if spec.channel_order == "RGB":
         batch = batch[..., ::-1]
-    mean = np.asarray(spec.mean, np.float32)
-    std = np.asarray(spec.std, np.float32)
-    x = (batch.astype(np.float32) / np.float32(255) - mean) / std
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    # One pass to NCHW float32, then one multiply-add: (x / 255 - mean) / std.
+    x = np.asarray(batch.transpose(0, 3, 1, 2), dtype=np.float32, order="C")
+    std = np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
+    x *= 1 / (np.float32(255) * std)
+    x -= (np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1) / std)
+    return x
