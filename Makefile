@@ -29,7 +29,7 @@ demo: setup
 	$(BIN)/edgessl demo --out runs/demo
 
 bench: setup
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/run_all.py $(BENCH)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -20,11 +20,9 @@ CNN at 96x96 input (about 0.1 GFLOP per image, in the range of a small distilled
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -34,17 +32,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-
-# bench/ is sys.path[0] when this runs as a script, and bench/ssl.py would shadow the standard
-# library's ssl (imported by asyncio, httpx, uvicorn): take bench/ off the path and load
-# common.py by its file name instead.
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
-_spec = importlib.util.spec_from_file_location("bench_common", _BENCH / "common.py")
-assert _spec is not None and _spec.loader is not None
-_common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_common)
-SHARED_DATA, write_section = _common.SHARED_DATA, _common.write_section
+from common import SHARED_DATA, write_section  # noqa: E402
 
 from edgessl.edge_runtime.bundle import load_bundle  # noqa: E402
 from edgessl.edge_runtime.config import DaemonConfig  # noqa: E402

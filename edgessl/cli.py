@@ -28,7 +28,7 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "pretrain": Command("edgessl.train.cli", "self-supervised pretraining on unlabeled images", "train"),
     "distill": Command("edgessl.train.distill_cli", "distill a teacher into a small student for the edge", "train"),
-    "eval": Command("edgessl.train.eval_cli", "evaluate a checkpoint: few-shot episodes", "train"),
+    "eval": Command("edgessl.train.eval_cli", "evaluate a checkpoint: k-NN, linear probe, few-shot episodes", "train"),
     "export": Command("edgessl.export.cli", "export a checkpoint to a verified ONNX bundle", "export"),
     "enroll": Command("edgessl.edge_runtime.cli_enroll", "enroll a class from a few images (on device)", "edge"),
     "classify": Command("edgessl.edge_runtime.cli_classify", "classify images, folders or videos (on device)", "edge"),

@@ -1,7 +1,7 @@
 """Every SSL method on CIFAR-10 for the same CPU time, then the best three for longer.
 
-    python bench/ssl.py                       # 5 min per method, then the top 3 at 20 min (~2.5 h)
-    python bench/ssl.py --methods simclr,byol --minutes 0.2 --long-minutes 0 --eval-per-class 100
+    python bench/ssl_methods.py                       # 5 min per method, then the top 3 at 20 min (~2.5 h)
+    python bench/ssl_methods.py --methods simclr,byol --minutes 0.2 --long-minutes 0 --eval-per-class 100
 
 Image methods pretrain `resnet_tiny` (MAE: `vit_tiny`, patch 4 — it needs a ViT) on
 ../shared/data/cifar10/train (labels ignored). Video methods (temporal, cpc) pretrain on a
