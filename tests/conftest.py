@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 TINY_SIZE = (32, 32)
+
+
 TINY_DIM = 16
 
 

@@ -5,21 +5,9 @@ from __future__ import annotations
 
 import pytest
 from daemon_helpers import RED, make_config, textured, wait_for
+from profile_text import TEST_PROFILE
 
 from edgessl.edge_runtime.daemon import Daemon
-
-PROFILE = """\
-name = "test-cpu"
-description = "tests: the tiny model on ONNX Runtime"
-arch = "x86_64"
-backends = ["onnxruntime"]
-precisions = ["fp32"]
-threads = 1
-input_size = [32, 32]
-latency_budget_ms = 500.0
-memory_budget_mb = 4096
-health_timeout_s = 120.0
-"""
 
 
 def test_push_to_a_daemon_on_a_device_root(tmp_path, make_bundle, clips, monkeypatch):
@@ -28,7 +16,7 @@ def test_push_to_a_daemon_on_a_device_root(tmp_path, make_bundle, clips, monkeyp
     installer = pytest.importorskip("edgessl.edge_runtime.installer")
 
     pair = keys.generate_keypair(tmp_path / "keys", "operator")
-    (tmp_path / "profile.toml").write_text(PROFILE)
+    (tmp_path / "profile.toml").write_text(TEST_PROFILE)
     root = tmp_path / "device"
     installer.init_device(root, tmp_path / "profile.toml", [pair.public])
     v1 = make_bundle("v1", seed=0, version=1)
