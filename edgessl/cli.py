@@ -29,7 +29,7 @@ COMMANDS: dict[str, Command] = {
     "pretrain": Command("edgessl.train.cli", "self-supervised pretraining on unlabeled images", "train"),
     "distill": Command("edgessl.train.distill_cli", "distill a teacher into a small student for the edge", "train"),
     "eval": Command("edgessl.train.eval_cli", "evaluate a checkpoint: k-NN, linear probe, few-shot episodes", "train"),
-    "export": Command("edgessl.export.cli", "export a checkpoint to a verified ONNX bundle", "export"),
+    "export": Command("edgessl.export.cli", "export a checkpoint to a verified bundle: ONNX, INT8, OpenVINO, TensorRT", "export"),
     "enroll": Command("edgessl.edge_runtime.cli_enroll", "enroll a class from a few images (on device)", "edge"),
     "classify": Command("edgessl.edge_runtime.cli_classify", "classify images, folders or videos (on device)", "edge"),
     "gallery": Command("edgessl.edge_runtime.cli_gallery", "list or forget enrolled classes (on device)", "edge"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -37,6 +38,26 @@ assert main(["enroll", *common, "--label", "blue", blue]) == 0
 sys.stdout.flush()
 assert main(["classify", *common, query]) == 0
 assert main(["gallery", "list", "--gallery", gallery]) == 0
+sys.stdout.flush()
+# The operator-side device commands and the daemon's tools need no torch either.
+import edgessl.devices as devices
+for info in pkgutil.walk_packages(devices.__path__, devices.__name__ + ".", onerror=fail):
+    importlib.import_module(info.name)
+import io, contextlib
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    assert main(["bench", bundle, "--stored-only"]) == 0
+    assert main(["devices", "list"]) == 0
+    assert main(["config", "schema"]) == 0
+    assert main(["keys", "generate", "--out", gallery + ".keys"]) == 0
+    assert main(["sign", bundle, "--key", gallery + ".keys/signing.key"]) == 0
+text = out.getvalue()
+assert "raspberry-pi-5" in text and '"properties"' in text, text[:500]
+# A server-side command says which extra to install instead of failing with a traceback.
+err = io.StringIO()
+with contextlib.redirect_stderr(err):
+    assert main(["pretrain", "--data", ".", "--out", "x"]) == 3
+assert "pip install 'edgessl[train]'" in err.getvalue(), err.getvalue()
 assert sys.modules["torch"] is None
 """
 
@@ -46,8 +67,10 @@ def test_edge_runtime_runs_without_torch(tmp_path, tiny_bundle, write_images):
     write_images(tmp_path / "blue", BLUE, 3)
     query = tmp_path / "query.png"
     assert cv2.imwrite(str(query), np.full((30, 30, 3), BLUE, np.uint8))
+    bundle = tmp_path / "bundle"  # a copy: the test signs it
+    shutil.copytree(tiny_bundle, bundle)
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tiny_bundle), str(tmp_path / "g.db"),
+        [sys.executable, "-c", SCRIPT, str(bundle), str(tmp_path / "g.db"),
          str(tmp_path / "red"), str(tmp_path / "blue"), str(query)],
         capture_output=True, text=True, timeout=120,
     )
