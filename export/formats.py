@@ -61,6 +61,7 @@ def _int8(ctx: ExportContext, name: str, file: str, symmetric: bool) -> str:
     result = quantize_int8(ctx.fp32_onnx, ctx.workdir / file, ctx.calib, ctx.check, method=ctx.calib_method,
                            symmetric_activations=symmetric, target_median=ctx.int8_target)
     ctx.notes[name] = (f"{ctx.calib_method} calibration on {len(ctx.calib)} images"
+                       + ("; weight layers only (elementwise ops in fp32)" if result.weight_layers_only else "")
                        + (f"; kept in fp32: {', '.join(result.excluded)}" if result.excluded else ""))
     return file
 

@@ -102,8 +102,9 @@ def test_int8_leaves_the_most_sensitive_layers_in_fp32_until_the_target_is_met(c
     spec = load_bundle(export_bundle(checkpoint, tmp_path / "b")).manifest.preprocess
     x = device_inputs(sample_images(images, 16, 40), spec)
     easy = quantize_int8(fp32, tmp_path / "easy.onnx", x[:20], x[20:], target_median=0.0)
-    assert easy.excluded == ()
+    assert easy.excluded == () and not easy.weight_layers_only
     strict = quantize_int8(fp32, tmp_path / "strict.onnx", x[:20], x[20:], target_median=1.01, max_excluded=3)
+    assert strict.weight_layers_only  # first elementwise ops go back to fp32, then the worst layers
     assert len(strict.excluded) == 3  # unreachable target: stops at the limit
     quantized_convs = {n.input[0] for n in onnx.load(str(tmp_path / "strict.onnx")).graph.node
                        if n.op_type == "DequantizeLinear"}
