@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     _say("2/5 pretrain", f"SimCLR on resnet_tiny for {args.minutes} min (labels ignored)")
     ckpt = pretrain(PretrainConfig(data=str(data / "unlabeled"), out=str(out / "run"), minutes=args.minutes,
-                                   image_size=32, batch_size=128, seed=args.seed))
+                                   image_size=32, batch_size=64, crop_min_scale=0.5, seed=args.seed))
 
     _say("3/5 export", "ONNX fp32 bundle, checked against torch through the device's code")
     bundle_dir = export_bundle(ckpt, out / "bundle", force=True)

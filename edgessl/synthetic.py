@@ -40,10 +40,12 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> np.ndar
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A smooth random colour gradient plus noise."""
+    """A smooth, nearly grey random gradient plus noise: the scene, not the object, varies in it."""
     import cv2
 
-    corners = rng.integers(0, 256, size=(2, 2, 3)).astype(np.uint8)
+    grey = rng.integers(40, 216, size=(2, 2, 1))
+    tint = rng.integers(-20, 21, size=(1, 1, 3))
+    corners = np.clip(grey + tint, 0, 255).astype(np.uint8)
     bg = cv2.resize(corners, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.int16)
     bg += rng.integers(-12, 13, size=bg.shape, dtype=np.int16)
     return np.clip(bg, 0, 255).astype(np.uint8)
@@ -62,7 +64,7 @@ def render(kind: str, rng: np.random.Generator, size: int = 64, center: tuple[fl
     # Keep the shape visible: push its colour away from the local background.
     local = img[int(cy) % size, int(cx) % size].astype(int)
     if np.abs(color - local).sum() < 150:
-        color = 255 - local
+        color = (color + 128) % 256
     mask = np.zeros((size, size), np.uint8)
     shift = 4  # sub-pixel precision for anti-aliased edges
     if kind == "circle":
@@ -83,13 +85,13 @@ def _pattern(kind: str, size: int, angle: float, color: np.ndarray, rng: np.rand
     if kind == "solid":
         on = np.ones_like(u, bool)
     elif kind == "stripes":
-        on = (u // 5) % 2 == 0
+        on = (u // 8) % 2 == 0
     elif kind == "checker":
-        on = ((u // 7) + (v // 7)) % 2 == 0
+        on = ((u // 9) + (v // 9)) % 2 == 0
     elif kind == "dots":
-        on = ((u % 9 - 4.5) ** 2 + (v % 9 - 4.5) ** 2) > 7
+        on = ((u % 13 - 6.5) ** 2 + (v % 13 - 6.5) ** 2) > 16
     else:  # rings around the image centre
-        on = (np.hypot(x - 32, y - 32) // 5) % 2 == 0
+        on = (np.hypot(x - 32, y - 32) // 7) % 2 == 0
     dark = color.astype(np.float32) * rng.uniform(0.2, 0.5)
     return np.where(on[:, :, None], color.astype(np.float32), dark)
 

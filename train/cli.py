@@ -62,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, help="(default: the method's; never on norms and biases)")
     p.add_argument("--warmup-fraction", type=float, help="share of steps with linear warmup (default: 0.05)")
     p.add_argument("--temperature", type=float, help="loss temperature, for methods that have one")
+    p.add_argument("--crop-min-scale", type=float,
+                   help="smallest random crop as a share of the image area (default: 0.2); raise it when the "
+                        "object of interest is small in the frame")
     p.add_argument("--data-kind", choices=["auto", "images", "video", "shards"], help="(default: auto)")
     p.add_argument("--video-stride", type=int, help="use every n-th video frame (default: 1)")
     p.add_argument("--seed", type=int, default=0)

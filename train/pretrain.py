@@ -70,6 +70,7 @@ class PretrainConfig(BaseModel):
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     checkpoint_minutes: float | None = Field(None, gt=0, description="also checkpoint after this many minutes")
     keep_checkpoints: int = Field(3, ge=0, description="numbered step checkpoints kept besides last.pt")
+    crop_min_scale: float = Field(0.2, gt=0, le=1, description="smallest random crop, as a share of the image area")
     center_images: int = Field(2000, ge=1, description="images used for the centring vector")
     tensorboard: bool = Field(True, description="write TensorBoard scalars to RUN/tensorboard")
 
@@ -78,6 +79,9 @@ class PretrainConfig(BaseModel):
         if self.epochs is None and self.minutes is None:
             self.epochs = 10
         return self
+
+    def views(self) -> ViewConfig:
+        return ViewConfig(size=self.image_size, scale=(self.crop_min_scale, 1.0))
 
     @property
     def base_lr(self) -> float:
@@ -192,7 +196,7 @@ def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.D
 
     # ---- model: backbone + method (views, head, loss); the method says what input it needs
     backbone = create_backbone(cfg.backbone, **cfg.backbone_options)
-    views = ViewConfig(size=cfg.image_size)
+    views = cfg.views()
     method = create_method(cfg.method, backbone, views, **method_kwargs(cfg))
     method = method.to(device=device, memory_format=torch.channels_last)  # faster convolutions on CPU
 
@@ -462,7 +466,7 @@ def _center_and_samples(backbone: torch.nn.Module, dataset: Dataset | TarShards,
         idx = torch.randperm(len(dataset), generator=g)[: cfg.center_images].tolist()  # type: ignore[arg-type]
         source = torch.utils.data.Subset(dataset, idx)
     loader = DataLoader(source, batch_size=256, collate_fn=collate)
-    views = ViewConfig(size=cfg.image_size)
+    views = cfg.views()
     total: torch.Tensor | None = None
     count = 0
     samples: list[torch.Tensor] = []
@@ -497,7 +501,7 @@ def _keep_numbered(last: Path, step: int, keep: int) -> None:
 def _save(path: Path, cfg: PretrainConfig, method: torch.nn.Module, optimizer: torch.optim.Optimizer,
           scaler: Any, step: int, total_steps: int, elapsed: float, center: torch.Tensor | None = None,
           samples: torch.Tensor | None = None) -> None:
-    views = ViewConfig(size=cfg.image_size)
+    views = cfg.views()
     payload: dict[str, Any] = {
         "config": cfg.model_dump(),
         "method_state": {k: v.cpu() for k, v in method.state_dict().items()},
