@@ -46,3 +46,66 @@ def test_push_to_a_daemon_on_a_device_root(tmp_path, make_bundle, clips, monkeyp
         assert daemon.model.info()["version"] == 2  # refused: the running model stays
         with pytest.raises(flash.FlashError, match="token"):
             flash.push(v2, daemon.api_url, "wrong-token")
+
+
+def _with_foreign_golden(bundle, other):
+    """The bundle's model with another model's golden embeddings: its health check must fail."""
+    import shutil
+
+    from edgessl.edge_runtime.bundle import file_entry, read_manifest, write_manifest
+
+    shutil.copy(other / "golden.npz", bundle / "golden.npz")
+    manifest = read_manifest(bundle)
+    write_manifest(bundle, manifest.model_copy(
+        update={"files": {**manifest.files, "golden.npz": file_entry(bundle / "golden.npz")}}))
+    return bundle
+
+
+def test_a_pushed_bundle_that_fails_its_health_check_is_rolled_back_while_the_daemon_classifies(
+        tmp_path, make_bundle, clips, monkeypatch):
+    import threading
+
+    keys = pytest.importorskip("edgessl.devices.keys")
+    flash = pytest.importorskip("edgessl.devices.flash")
+    installer = pytest.importorskip("edgessl.edge_runtime.installer")
+
+    pair = keys.generate_keypair(tmp_path / "keys", "operator")
+    (tmp_path / "profile.toml").write_text(TEST_PROFILE)
+    root = tmp_path / "device"
+    installer.init_device(root, tmp_path / "profile.toml", [pair.public])
+    v1 = make_bundle("v1", seed=0, version=1)
+    keys.sign_bundle(v1, pair.private)
+    installer.install(root, v1)
+    bad = _with_foreign_golden(make_bundle("v2", seed=1, version=2), v1)
+    keys.sign_bundle(bad, pair.private)  # signed: only the health check can catch it
+
+    monkeypatch.setenv("EDGESSL_API_TOKEN", "push-test-token-0123456789")
+    config = make_config(tmp_path, v1, [{"id": "cam", "url": str(clips["red"]), "loop": True}],
+                         model={"root": str(root), "threads": 1}, api={"port": 0})
+    with Daemon(config) as daemon:
+        daemon.enroll_images("red", [textured(RED, i) for i in range(3)])
+        wait_for(lambda: daemon.states()[0]["label"] == "red", 15, "red before the update")
+        samples: list[tuple[str | None, int, int]] = []
+        done = threading.Event()
+
+        def watch() -> None:  # what the daemon decides while the install runs
+            while not done.is_set():
+                state = daemon.states()[0]
+                samples.append((state["label"], daemon.model.info()["version"], state["frame"]))
+                done.wait(0.05)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            with pytest.raises(flash.FlashError) as info:
+                flash.push(bad, daemon.api_url, "push-test-token-0123456789")
+        finally:
+            done.set()
+            watcher.join()
+        assert "cosine" in str(info.value) or "golden" in str(info.value), str(info.value)
+        assert installer.status(root).to_dict()["active_version"] == 1
+        assert daemon.model.info()["version"] == 1
+        assert samples and all(label == "red" and version == 1 for label, version, _ in samples)
+        frames = [frame for _, _, frame in samples]
+        assert frames[-1] > frames[0]  # it kept classifying new frames during the install
+        wait_for(lambda: daemon.states()[0]["frame"] > frames[-1], 15, "frames after the refused install")
