@@ -43,7 +43,7 @@ def test_enroll_from_a_live_camera_then_see_the_label(tmp_path, tiny_bundle, cli
         page.goto(daemon.api_url)
         red_label = page.locator('.camera[data-camera="red"] .region[data-region="full"] .label')
         blue_label = page.locator('.camera[data-camera="blue"] .region[data-region="full"] .label')
-        page.wait_for_function("document.querySelector('.camera[data-camera=red] img').naturalWidth === 160")
+        page.wait_for_function("document.querySelector('.camera[data-camera=red] img')?.naturalWidth === 160")
 
         # Without the token the page says what is missing.
         page.fill("#enroll-label", "ripe")
@@ -60,7 +60,7 @@ def test_enroll_from_a_live_camera_then_see_the_label(tmp_path, tiny_bundle, cli
             page.fill("#enroll-frames", "3")
             page.click("#enroll-button")
             page.wait_for_function(
-                "name => document.querySelector('#enroll-result').textContent.includes(`as \"${name}\"`)", arg=name)
+                "name => document.querySelector('#enroll-result')?.textContent.includes(`as \"${name}\"`)", arg=name)
             assert re.search(r"enrolled 3 shot\(s\)", page.text_content("#enroll-result"))
 
         # The live view names what each camera sees.
