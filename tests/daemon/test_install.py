@@ -3,25 +3,42 @@ through the A/B installer (signature, health check, switch) and the daemon hot-r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 from daemon_helpers import RED, make_config, textured, wait_for
 from profile_text import TEST_PROFILE
 
 from edgessl.edge_runtime.daemon import Daemon
 
+keys = pytest.importorskip("edgessl.devices.keys")
+flash = pytest.importorskip("edgessl.devices.flash")
+installer = pytest.importorskip("edgessl.edge_runtime.installer")
 
-def test_push_to_a_daemon_on_a_device_root(tmp_path, make_bundle, clips, monkeypatch):
-    keys = pytest.importorskip("edgessl.devices.keys")
-    flash = pytest.importorskip("edgessl.devices.flash")
-    installer = pytest.importorskip("edgessl.edge_runtime.installer")
 
-    pair = keys.generate_keypair(tmp_path / "keys", "operator")
+@dataclass
+class Device:
+    root: Path
+    v1: Path
+    key: Path
+
+
+@pytest.fixture
+def device(tmp_path, make_bundle) -> Device:
+    """A device root that trusts one operator key, with signed model v1 installed."""
     (tmp_path / "profile.toml").write_text(TEST_PROFILE)
+    pair = keys.generate_keypair(tmp_path / "keys", "operator")
     root = tmp_path / "device"
     installer.init_device(root, tmp_path / "profile.toml", [pair.public])
     v1 = make_bundle("v1", seed=0, version=1)
     keys.sign_bundle(v1, pair.private)
     installer.install(root, v1)
+    return Device(root, v1, pair.private)
+
+
+def test_push_to_a_daemon_on_a_device_root(tmp_path, make_bundle, clips, monkeypatch, device):
+    root, v1 = device.root, device.v1
 
     monkeypatch.setenv("EDGESSL_API_TOKEN", "push-test-token-0123456789")
     config = make_config(tmp_path, v1, [{"id": "cam", "url": str(clips["red"]), "loop": True}],
@@ -32,7 +49,7 @@ def test_push_to_a_daemon_on_a_device_root(tmp_path, make_bundle, clips, monkeyp
         assert daemon.model.info()["version"] == 1
 
         v2 = make_bundle("v2", seed=1, version=2)
-        keys.sign_bundle(v2, pair.private)
+        keys.sign_bundle(v2, device.key)
         answer = flash.push(v2, daemon.api_url, "push-test-token-0123456789")
         assert answer["ok"] and answer["model"]["version"] == 2
         assert daemon.model.bundle.root.resolve() == installer.active_bundle(root).resolve()
@@ -62,22 +79,12 @@ def _with_foreign_golden(bundle, other):
 
 
 def test_a_pushed_bundle_that_fails_its_health_check_is_rolled_back_while_the_daemon_classifies(
-        tmp_path, make_bundle, clips, monkeypatch):
+        tmp_path, make_bundle, clips, monkeypatch, device):
     import threading
 
-    keys = pytest.importorskip("edgessl.devices.keys")
-    flash = pytest.importorskip("edgessl.devices.flash")
-    installer = pytest.importorskip("edgessl.edge_runtime.installer")
-
-    pair = keys.generate_keypair(tmp_path / "keys", "operator")
-    (tmp_path / "profile.toml").write_text(TEST_PROFILE)
-    root = tmp_path / "device"
-    installer.init_device(root, tmp_path / "profile.toml", [pair.public])
-    v1 = make_bundle("v1", seed=0, version=1)
-    keys.sign_bundle(v1, pair.private)
-    installer.install(root, v1)
+    root, v1 = device.root, device.v1
     bad = _with_foreign_golden(make_bundle("v2", seed=1, version=2), v1)
-    keys.sign_bundle(bad, pair.private)  # signed: only the health check can catch it
+    keys.sign_bundle(bad, device.key)  # signed: only the health check can catch it
 
     monkeypatch.setenv("EDGESSL_API_TOKEN", "push-test-token-0123456789")
     config = make_config(tmp_path, v1, [{"id": "cam", "url": str(clips["red"]), "loop": True}],
