@@ -53,6 +53,9 @@ def resize(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if ih == 0 or iw == 0:
         raise ImageError(f"image has no pixels (shape {image.shape})")
     interpolation = _INTERPOLATION[spec.interpolation]
+    if spec.interpolation == "area" and th * tw > ih * iw:
+        # Area averaging is for shrinking; enlarging uses bilinear, as the training loader does.
+        interpolation = cv2.INTER_LINEAR
     if spec.resize == "shorter_side_crop":
         # Scale so that the image covers the target (the shorter side, for a square target) and
         # keep the centre. Cropping first in source pixels means only what is kept gets resized.
