@@ -6,6 +6,7 @@ import os
 import platform
 import re
 import shlex
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +14,13 @@ from pathlib import Path
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 HEADER = "# Benchmarks\n\nEvery section is written by the script named in it; rerun it to refresh the figures.\n"
+
+
+def edgessl(*args: str, quiet: bool = False) -> str:
+    """Run `edgessl ARGS` with this Python; return its stdout (stderr shows, unless quiet)."""
+    print("$ edgessl", " ".join(args), flush=True)
+    return subprocess.run([sys.executable, "-m", "edgessl", *args], check=True, stdout=subprocess.PIPE, text=True,
+                          stderr=subprocess.DEVNULL if quiet else None).stdout
 
 
 def machine() -> str:

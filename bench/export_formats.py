@@ -16,17 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-from common import SHARED_DATA, write_section
-
-
-def edgessl(*args: str) -> str:
-    cmd = [sys.executable, "-m", "edgessl", *args]
-    print("$", " ".join(cmd[2:]), flush=True)
-    return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+from common import SHARED_DATA, edgessl, write_section
 
 
 def mmacs(run: Path) -> float:

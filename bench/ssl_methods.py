@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from common import SHARED_DATA, write_section
+from common import SHARED_DATA, edgessl, write_section
 
 METHODS = ["simclr", "moco", "byol", "dino", "swav", "mae", "dae", "rotation", "colorization", "infomax",
            "temporal", "cpc"]
@@ -41,12 +40,6 @@ EXTRA: dict[str, list[str]] = {
 }
 
 
-def edgessl(*args: str, quiet: bool = False) -> str:
-    cmd = [sys.executable, "-m", "edgessl", *args]
-    print("$ edgessl", " ".join(args), flush=True)
-    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True,
-                         stderr=subprocess.DEVNULL if quiet else None).stdout
-    return out
 
 
 def render_pan_videos(cifar_train: Path, out: Path, videos: int, scenes: int, frames: int = 20,

@@ -63,13 +63,3 @@ def render_report(rows: Sequence[ReportRow], title: str = "") -> str:
     out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
     notes = [f"  {r.name}: {r.reason}" for r in rows if r.reason]
     return "\n".join(out + (["notes:", *notes] if notes else []))
-
-
-def markdown_report(rows: Sequence[ReportRow]) -> str:
-    head = "| format | status | size MB | cos median | cos p1 | 5w5s % | ms/img b1 | img/s b8 |\n|---|---|---|---|---|---|---|---|\n"
-    body = "".join(
-        f"| {r.name} | {r.status} | {_fmt(None if r.size_bytes is None else r.size_bytes / 1e6, '.2f')} | "
-        f"{_fmt(r.cosine_median, '.5f')} | {_fmt(r.cosine_p1, '.5f')} | "
-        f"{_fmt(None if r.fewshot is None else 100 * r.fewshot, '.2f')} | {_fmt(r.latency_ms_b1, '.2f')} | "
-        f"{_fmt(r.throughput_b8, '.0f')} |\n" for r in rows)
-    return head + body

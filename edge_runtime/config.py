@@ -31,6 +31,12 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"  # safe in MQTT topics, URLs 
 _V4L2 = re.compile(r"^/dev/video\d+$")
 
 
+
+def _unique(names: list[str], rule: str) -> None:
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{rule}; repeated: {', '.join(repeated)}")
+
 class ConfigError(EdgesslError):
     """The daemon's configuration file is missing, not YAML, or not valid."""
 
@@ -142,10 +148,7 @@ class CameraConfig(_Strict):
     @field_validator("regions")
     @classmethod
     def _unique_regions(cls, value: list[RegionConfig]) -> list[RegionConfig]:
-        names = [r.name for r in value]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"region names must be unique within a camera; repeated: {', '.join(dupes)}")
+        _unique([r.name for r in value], "region names must be unique within a camera")
         return value
 
     @property
@@ -288,10 +291,7 @@ class DaemonConfig(_Strict):
     @field_validator("cameras")
     @classmethod
     def _unique_cameras(cls, value: list[CameraConfig]) -> list[CameraConfig]:
-        ids = [c.id for c in value]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"camera ids must be unique; repeated: {', '.join(dupes)}")
+        _unique([c.id for c in value], "camera ids must be unique")
         return value
 
     @property

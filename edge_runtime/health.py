@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from edgessl.edge_runtime.backends import BACKENDS, backend_class, load_backend
+from edgessl.edge_runtime.benchmark import cosine_rows
 from edgessl.edge_runtime.bundle import Artifact, Bundle, load_bundle
 from edgessl.edge_runtime.profiles import DeviceProfile, resolve_profile
 from edgessl.errors import EdgesslError
@@ -122,12 +123,6 @@ def choose_artifact(bundle: Bundle, profile: DeviceProfile) -> tuple[str, Artifa
     raise HealthError(f"no usable backend for profile {profile.name!r}: " + "; ".join(skipped))
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    denom = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
-    return np.asarray((a64 * b64).sum(axis=1) / np.maximum(denom, 1e-12))
-
-
 def _fail(reason: str, **known: Any) -> HealthReport:
     return HealthReport(ok=False, reason=reason, **known)
 
@@ -188,7 +183,7 @@ def check_bundle(bundle_dir: str | Path, profile: DeviceProfile, *, measure_memo
         return _fail("model produced NaN or infinite embeddings on the golden inputs", **known)
     # Centred cosine, the quantity the classifier compares: raw embeddings share a large common
     # component (ReLU + pooling), so even a model with other weights can score 0.98 raw.
-    min_cos = float(min(_cosines(o - center, expected - center).min() for o in outputs))
+    min_cos = float(min(cosine_rows((o - center).astype(np.float64), (expected - center).astype(np.float64)).min() for o in outputs))
     latency = float(np.median(times))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if measure_memory else None  # KiB on Linux
     known.update(min_cosine=min_cos, latency_ms=latency, peak_rss_mb=peak)

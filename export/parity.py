@@ -55,7 +55,3 @@ def compare(reference: np.ndarray, got: np.ndarray) -> Parity:
 def backend_embeddings(backend: str, artifact: Path, inputs: np.ndarray, **options: object) -> np.ndarray:
     with load_backend(backend, artifact, threads=None, **options) as b:
         return np.concatenate([b.embed(inputs[i:i + 16]) for i in range(0, len(inputs), 16)])
-
-
-def check_parity(model: torch.nn.Module, artifact: Path, backend: str, inputs: np.ndarray) -> Parity:
-    return compare(torch_embeddings(model, inputs), backend_embeddings(backend, artifact, inputs))

@@ -198,6 +198,18 @@ def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1,
     return nn.Sequential(*layers)
 
 
+class _ConvFeatures(nn.Module):
+    """A CNN whose `features` end in a feature map; the embedding is its global average."""
+
+    features: nn.Sequential
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).mean(dim=(2, 3))
+
+
 class SqueezeExcite(nn.Module):
     """Channel gates from the global mean (a static ReduceMean in ONNX, not an adaptive pool)."""
 
@@ -249,7 +261,7 @@ _MNV3_LARGE = [(3, 16, 16, False, _RE, 1), (3, 64, 24, False, _RE, 2), (3, 72, 2
                (5, 672, 160, True, _HS, 2), (5, 960, 160, True, _HS, 1), (5, 960, 160, True, _HS, 1)]
 
 
-class MobileNetV3(nn.Module):
+class MobileNetV3(_ConvFeatures):
     """MobileNetV3 features up to the last 1x1 conv (576 / 960 channels), global mean pooled."""
 
     def __init__(self, config: list[tuple[int, int, int, bool, type[nn.Module], int]], last: int,
@@ -265,12 +277,6 @@ class MobileNetV3(nn.Module):
         layers.append(_conv_bn(cin, self.dim, 1, act=_HS))
         self.features = nn.Sequential(*layers)
         _init_convnet(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).mean(dim=(2, 3))
 
 
 def _init_convnet(model: nn.Module) -> None:
@@ -296,7 +302,7 @@ _EFFNET_B0 = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80
               (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(_ConvFeatures):
     """EfficientNet (MBConv with SE and SiLU, compound width/depth multipliers), no stochastic depth."""
 
     def __init__(self, width_mult: float, depth_mult: float, small_stem: bool) -> None:
@@ -313,12 +319,6 @@ class EfficientNet(nn.Module):
         layers.append(_conv_bn(cin, self.dim, 1, act=nn.SiLU))
         self.features = nn.Sequential(*layers)
         _init_convnet(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).mean(dim=(2, 3))
 
 
 @register("efficientnet_b0")
