@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -161,6 +162,10 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
             "MAE needs a ViT, so it uses `vit_tiny` (patch 4) and has its own random baseline. img/s counts "
             "images (video: frames) per second of training, data loading included.\n\n"
             + header + "\n".join(rows) + "\n")
+    failed = sorted(f"{v['method']} ({v['budget']:g} min)" for v in results.values()
+                    if isinstance(v, dict) and "failed" in v)
+    if failed:
+        text += f"\nFailed to train or evaluate (see the run's log): {', '.join(failed)}.\n"
     if "throughput" in results:
         text += (f"\nSimCLR training throughput, `resnet_tiny`, 32x32, batch 256 (one image = its two views): "
                  f"**{results['throughput']:.0f} img/s** (bar: 135).\n")
@@ -229,14 +234,24 @@ def main() -> None:
         print(f"{method} {minutes:g} min: k-NN {pct(r['knn'])}, 5w1s {pct(r['shot1'])}, 5w5s {pct(r['shot5'])}, "
               f"{r['img_per_s']:.0f} img/s", flush=True)
 
+    def run_safely(method: str, minutes: float) -> None:
+        # One broken method must not cost the rest of a 2.5-hour run: record it and go on.
+        try:
+            run_one(method, minutes)
+        except subprocess.CalledProcessError as e:
+            results[f"{method}@{minutes:g}"] = {"method": method, "budget": minutes, "failed": str(e)}
+            save()
+            print(f"{method} {minutes:g} min FAILED: {e}", flush=True)
+
     for m in methods:
-        run_one(m, args.minutes)
+        run_safely(m, args.minutes)
     if args.long_minutes > 0:
         first = sorted((r for r in results.values() if isinstance(r, dict) and r.get("budget") == args.minutes
-                        and r.get("method") in methods and r.get("per_class") == args.eval_per_class),
+                        and r.get("method") in methods and r.get("per_class") == args.eval_per_class
+                        and "shot5" in r),
                        key=lambda r: -r["shot5"])
         for r in first[:args.top]:
-            run_one(r["method"], args.long_minutes)
+            run_safely(r["method"], args.long_minutes)
     if args.throughput_minutes > 0:
         results["throughput"] = throughput(cifar, args.out, args.throughput_minutes)
         save()
