@@ -16,6 +16,14 @@ SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 HEADER = "# Benchmarks\n\nEvery section is written by the script named in it; rerun it to refresh the figures.\n"
 
 
+def cifar10() -> Path:
+    """The shared CIFAR-10 folders (train/, test/); exits with a clear message when they are absent."""
+    cifar = SHARED_DATA / "cifar10"
+    if not cifar.is_dir():
+        sys.exit(f"{cifar} not found: this benchmark needs the shared CIFAR-10 folders")
+    return cifar
+
+
 def edgessl(*args: str, quiet: bool = False) -> str:
     """Run `edgessl ARGS` with this Python; return its stdout (stderr shows, unless quiet)."""
     print("$ edgessl", " ".join(args), flush=True)

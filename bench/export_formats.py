@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from common import SHARED_DATA, edgessl, write_section
+from common import cifar10, edgessl, write_section
 
 
 def mmacs(run: Path) -> float:
@@ -77,9 +77,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/bench-export"))
     p.add_argument("--skip-train", action="store_true")
     args = p.parse_args()
-    cifar = SHARED_DATA / "cifar10"
-    if not cifar.is_dir() or not (args.teacher / "checkpoints" / "last.pt").is_file():
-        sys.exit(f"needs {cifar} and a teacher run at {args.teacher} (python bench/fewshot_cifar.py)")
+    cifar = cifar10()
+    if not (args.teacher / "checkpoints" / "last.pt").is_file():
+        sys.exit(f"needs a teacher run at {args.teacher} (python bench/fewshot_cifar.py)")
     out = args.out
     student, student224, r18 = out / "student32", out / "student224", out / "resnet18-224"
     common = ["--data", str(cifar / "train"), "--threads", "2"]

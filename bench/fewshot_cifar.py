@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-from common import SHARED_DATA, edgessl, write_section
+from common import cifar10, edgessl, write_section
 
 
 def main() -> None:
@@ -26,9 +25,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/bench-fewshot-cifar"))
     p.add_argument("--skip-train", action="store_true", help="evaluate an existing run in --out")
     args = p.parse_args()
-    cifar = SHARED_DATA / "cifar10"
-    if not cifar.is_dir():
-        sys.exit(f"{cifar} not found: this benchmark needs the shared CIFAR-10 folders")
+    cifar = cifar10()
 
     t0 = time.monotonic()
     if not args.skip_train:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import SHARED_DATA, edgessl, write_section
+from common import SHARED_DATA, cifar10, edgessl, write_section
 
 METHODS = ["simclr", "moco", "byol", "dino", "swav", "mae", "dae", "rotation", "colorization", "infomax",
            "temporal", "cpc"]
@@ -198,9 +198,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/bench-ssl"))
     p.add_argument("--no-doc", action="store_true", help="print the table, leave docs/benchmarks.md alone")
     args = p.parse_args()
-    cifar = SHARED_DATA / "cifar10"
-    if not cifar.is_dir():
-        sys.exit(f"{cifar} not found: this benchmark needs the shared CIFAR-10 folders")
+    cifar = cifar10()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:

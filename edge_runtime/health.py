@@ -183,7 +183,8 @@ def check_bundle(bundle_dir: str | Path, profile: DeviceProfile, *, measure_memo
         return _fail("model produced NaN or infinite embeddings on the golden inputs", **known)
     # Centred cosine, the quantity the classifier compares: raw embeddings share a large common
     # component (ReLU + pooling), so even a model with other weights can score 0.98 raw.
-    min_cos = float(min(cosine_rows((o - center).astype(np.float64), (expected - center).astype(np.float64)).min() for o in outputs))
+    ref = (expected - center).astype(np.float64)
+    min_cos = float(min(cosine_rows((o - center).astype(np.float64), ref).min() for o in outputs))
     latency = float(np.median(times))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if measure_memory else None  # KiB on Linux
     known.update(min_cosine=min_cos, latency_ms=latency, peak_rss_mb=peak)

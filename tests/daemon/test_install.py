@@ -3,6 +3,8 @@ through the A/B installer (signature, health check, switch) and the daemon hot-r
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from edgessl.edge_runtime.daemon import Daemon
 keys = pytest.importorskip("edgessl.devices.keys")
 flash = pytest.importorskip("edgessl.devices.flash")
 installer = pytest.importorskip("edgessl.edge_runtime.installer")
+
+TOKEN = "push-test-token-0123456789"
 
 
 @dataclass
@@ -37,28 +41,33 @@ def device(tmp_path, make_bundle) -> Device:
     return Device(root, v1, pair.private)
 
 
-def test_push_to_a_daemon_on_a_device_root(tmp_path, make_bundle, clips, monkeypatch, device):
-    root, v1 = device.root, device.v1
-
-    monkeypatch.setenv("EDGESSL_API_TOKEN", "push-test-token-0123456789")
-    config = make_config(tmp_path, v1, [{"id": "cam", "url": str(clips["red"]), "loop": True}],
-                         model={"root": str(root), "threads": 1}, api={"port": 0})
+@contextmanager
+def daemon_on_device(tmp_path, device: Device, clips, monkeypatch) -> Iterator[Daemon]:
+    """A daemon running the device root's model on the red clip, with "red" enrolled and seen."""
+    monkeypatch.setenv("EDGESSL_API_TOKEN", TOKEN)
+    config = make_config(tmp_path, device.v1, [{"id": "cam", "url": str(clips["red"]), "loop": True}],
+                         model={"root": str(device.root), "threads": 1}, api={"port": 0})
     with Daemon(config) as daemon:
         daemon.enroll_images("red", [textured(RED, i) for i in range(3)])
         wait_for(lambda: daemon.states()[0]["label"] == "red", 15, "red before the update")
+        yield daemon
+
+
+def test_push_to_a_daemon_on_a_device_root(tmp_path, make_bundle, clips, monkeypatch, device):
+    with daemon_on_device(tmp_path, device, clips, monkeypatch) as daemon:
         assert daemon.model.info()["version"] == 1
 
         v2 = make_bundle("v2", seed=1, version=2)
         keys.sign_bundle(v2, device.key)
-        answer = flash.push(v2, daemon.api_url, "push-test-token-0123456789")
+        answer = flash.push(v2, daemon.api_url, TOKEN)
         assert answer["ok"] and answer["model"]["version"] == 2
-        assert daemon.model.bundle.root.resolve() == installer.active_bundle(root).resolve()
+        assert daemon.model.bundle.root.resolve() == installer.active_bundle(device.root).resolve()
         assert daemon.streams["cam"].status().reconnects == 0
         wait_for(lambda: daemon.states()[0]["label"] == "red", 15, "red with the new model")
 
         unsigned = make_bundle("v3", seed=2, version=3)
         with pytest.raises(flash.FlashError) as info:
-            flash.push(unsigned, daemon.api_url, "push-test-token-0123456789")
+            flash.push(unsigned, daemon.api_url, TOKEN)
         assert "sign" in str(info.value).lower()
         assert daemon.model.info()["version"] == 2  # refused: the running model stays
         with pytest.raises(flash.FlashError, match="token"):
@@ -86,12 +95,7 @@ def test_a_pushed_bundle_that_fails_its_health_check_is_rolled_back_while_the_da
     bad = _with_foreign_golden(make_bundle("v2", seed=1, version=2), v1)
     keys.sign_bundle(bad, device.key)  # signed: only the health check can catch it
 
-    monkeypatch.setenv("EDGESSL_API_TOKEN", "push-test-token-0123456789")
-    config = make_config(tmp_path, v1, [{"id": "cam", "url": str(clips["red"]), "loop": True}],
-                         model={"root": str(root), "threads": 1}, api={"port": 0})
-    with Daemon(config) as daemon:
-        daemon.enroll_images("red", [textured(RED, i) for i in range(3)])
-        wait_for(lambda: daemon.states()[0]["label"] == "red", 15, "red before the update")
+    with daemon_on_device(tmp_path, device, clips, monkeypatch) as daemon:
         samples: list[tuple[str | None, int, int]] = []
         done = threading.Event()
 
@@ -105,7 +109,7 @@ def test_a_pushed_bundle_that_fails_its_health_check_is_rolled_back_while_the_da
         watcher.start()
         try:
             with pytest.raises(flash.FlashError) as info:
-                flash.push(bad, daemon.api_url, "push-test-token-0123456789")
+                flash.push(bad, daemon.api_url, TOKEN)
         finally:
             done.set()
             watcher.join()
