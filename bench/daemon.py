@@ -34,13 +34,13 @@ import cv2
 import numpy as np
 from common import SHARED_DATA, write_section  # noqa: E402
 
-from edgessl.edge_runtime.bundle import load_bundle  # noqa: E402
-from edgessl.edge_runtime.config import DaemonConfig  # noqa: E402
-from edgessl.edge_runtime.daemon import BatchStats, Daemon  # noqa: E402
-from edgessl.edge_runtime.extractor import FeatureExtractor  # noqa: E402
-from edgessl.edge_runtime.gallery import Gallery  # noqa: E402
-from edgessl.edge_runtime.preprocess import preprocess  # noqa: E402
-from edgessl.edge_runtime.streams import CameraStream  # noqa: E402
+from edgessl.edge_runtime.bundle.manifest import load_bundle  # noqa: E402
+from edgessl.edge_runtime.daemon.config import DaemonConfig  # noqa: E402
+from edgessl.edge_runtime.daemon.core import BatchStats, Daemon  # noqa: E402
+from edgessl.edge_runtime.inference.extractor import FeatureExtractor  # noqa: E402
+from edgessl.edge_runtime.fewshot.gallery import Gallery  # noqa: E402
+from edgessl.edge_runtime.inference.preprocess import preprocess  # noqa: E402
+from edgessl.edge_runtime.daemon.streams import CameraStream  # noqa: E402
 
 log = logging.getLogger("bench.daemon")
 CAMERAS = 4
@@ -72,7 +72,7 @@ def standin_bundle(root: Path) -> Path:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgessl.edge_runtime.bundle import (
+    from edgessl.edge_runtime.bundle.manifest import (
         Artifact,
         Manifest,
         ModelInfo,
@@ -169,7 +169,7 @@ def raw_throughput(extractor: FeatureExtractor, crops: list[np.ndarray], batch: 
 
 def with_readers(clip: Path, seconds: float, fn) -> object:  # type: ignore[no-untyped-def]
     """Run fn() while 4 camera readers decode the clip in real time (the run's background load)."""
-    from edgessl.edge_runtime.config import CameraConfig
+    from edgessl.edge_runtime.daemon.config import CameraConfig
 
     streams = [CameraStream(CameraConfig(id=f"cam{i}", url=str(clip), loop=True, fps=FPS)) for i in range(CAMERAS)]
     for s in streams:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgessl.edge_runtime.profiles import (
+from edgessl.edge_runtime.device.profiles import (
     DeviceProfile,
     builtin_profile_names,
     builtin_profiles_dir,

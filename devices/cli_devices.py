@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from edgessl.devices.catalog import all_profiles, get_profile
     from edgessl.devices.table import format_table
-    from edgessl.edge_runtime.profiles import DeviceProfile
+    from edgessl.edge_runtime.device.profiles import DeviceProfile
 
     if args.action == "list":
         rows = [(p.name, p.arch, ",".join(p.backends), ",".join(p.precisions), p.threads or "auto",

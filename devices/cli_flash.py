@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from edgessl.devices.flash import TOKEN_ENV, flash, flash_fleet, load_fleet, summarize
     from edgessl.devices.table import format_table
-    from edgessl.edge_runtime.installer import InstallResult
+    from edgessl.edge_runtime.device.installer import InstallResult
 
     token = args.token or os.environ.get(TOKEN_ENV)
     if args.to:

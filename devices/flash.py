@@ -35,9 +35,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edgessl.edge_runtime.bundle import MANIFEST, load_bundle
-from edgessl.edge_runtime.installer import InstallResult, install
-from edgessl.edge_runtime.signing import SIGNATURE
+from edgessl.edge_runtime.bundle.manifest import MANIFEST, load_bundle
+from edgessl.edge_runtime.device.installer import InstallResult, install
+from edgessl.edge_runtime.bundle.signing import SIGNATURE
 from edgessl.errors import EdgesslError, InstallError
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgessl.edge_runtime.bundle import MANIFEST, load_bundle
-from edgessl.edge_runtime.safe_extract import atomic_write, fsync_dir
-from edgessl.edge_runtime.signing import (
+from edgessl.edge_runtime.bundle.manifest import MANIFEST, load_bundle
+from edgessl.edge_runtime.bundle.safe_extract import atomic_write, fsync_dir
+from edgessl.edge_runtime.bundle.signing import (
     PUBLIC_SUFFIX,
     SIGNATURE,
     key_id,

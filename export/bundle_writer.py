@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgessl.edge_runtime.backends import load_backend
-from edgessl.edge_runtime.benchmark import speed
-from edgessl.edge_runtime.bundle import (
+from edgessl.edge_runtime.inference.backends import load_backend
+from edgessl.edge_runtime.inference.timing import speed
+from edgessl.edge_runtime.bundle.manifest import (
     Artifact,
     Manifest,
     ModelInfo,
@@ -26,8 +26,8 @@ from edgessl.edge_runtime.bundle import (
     now_iso,
     write_manifest,
 )
-from edgessl.edge_runtime.fewshot import evaluate_episodes
-from edgessl.edge_runtime.profiles import DeviceProfile, resolve_profile
+from edgessl.edge_runtime.fewshot.prototypes import evaluate_episodes
+from edgessl.edge_runtime.device.profiles import DeviceProfile, resolve_profile
 from edgessl.errors import EdgesslError
 from edgessl.export.formats import FORMATS, ExportContext, Format, formats_for_profile, nvidia_gpu
 from edgessl.export.onnx_export import export_onnx

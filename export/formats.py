@@ -122,7 +122,7 @@ def parse_formats(text: str) -> list[str]:
 def nvidia_gpu() -> bool:
     """Whether TensorRT can build engines here."""
     try:
-        from edgessl.edge_runtime.backends.tensorrt import _imports
+        from edgessl.edge_runtime.inference.backends.tensorrt import _imports
 
         _, cudart = _imports()
         err, count = cudart.cudaGetDeviceCount()

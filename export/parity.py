@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgessl.edge_runtime.backends import load_backend
-from edgessl.edge_runtime.benchmark import cosine_rows
-from edgessl.edge_runtime.bundle import PreprocessSpec
-from edgessl.edge_runtime.preprocess import preprocess
+from edgessl.edge_runtime.inference.backends import load_backend
+from edgessl.edge_runtime.inference.timing import cosine_rows
+from edgessl.edge_runtime.bundle.manifest import PreprocessSpec
+from edgessl.edge_runtime.inference.preprocess import preprocess
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ def build_tiny_bundle(root: Path, *, seed: int = 0, version: int = 1) -> Path:
     """Write model.onnx, center.npy, golden.npz and manifest.json into `root`."""
     import onnxruntime as ort
 
-    from edgessl.edge_runtime.bundle import (
+    from edgessl.edge_runtime.bundle.manifest import (
         Artifact,
         Manifest,
         ModelInfo,

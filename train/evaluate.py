@@ -210,7 +210,7 @@ def linear(ckpt_path: Path, train: Path, test: Path, *, per_class: int | None = 
 
 def fewshot_episodes(ev: Evaluator, support: Encoded, query: Encoded, *, way: int, shot: int, queries: int,
                      episodes: int, seed: int) -> Any:
-    from edgessl.edge_runtime.fewshot import evaluate_episodes
+    from edgessl.edge_runtime.fewshot.prototypes import evaluate_episodes
 
     return evaluate_episodes(support.features, support.labels, query.features, query.labels, n_way=way,
                              k_shot=shot, n_query=queries, episodes=episodes, seed=seed,

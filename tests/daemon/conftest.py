@@ -37,7 +37,7 @@ def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def start_daemon() -> Iterator[Callable[..., Any]]:
     """start_daemon(config, **kwargs) -> a started Daemon, stopped after the test."""
-    from edgessl.edge_runtime.daemon import Daemon
+    from edgessl.edge_runtime.daemon.core import Daemon
 
     started: list[Daemon] = []
 

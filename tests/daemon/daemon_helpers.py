@@ -73,7 +73,7 @@ def render_clip(path: Path, colors: list[tuple[int, int, int]], seconds_each: fl
 
 
 def make_config(tmp_path: Path, bundle: Path, cameras: list[dict[str, Any]], **sections: Any) -> Any:
-    from edgessl.edge_runtime.config import DaemonConfig
+    from edgessl.edge_runtime.daemon.config import DaemonConfig
 
     data: dict[str, Any] = {
         "device": "test-device",

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from daemon_helpers import BLUE, RED, make_config, render_clip, textured, wait_for
 
-from edgessl.edge_runtime.daemon import Daemon
+from edgessl.edge_runtime.daemon.core import Daemon
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -247,7 +247,7 @@ def test_model_upload_hot_reload(api, make_bundle):
     assert daemon.streams["blue"] is stream and stream.status().reconnects == 0
     wait_for(lambda: stream.status().captured > captured_before + 5, 10, "frames to keep coming")
     wait_for(lambda: label_of(client, "blue") == "blue", 15, "blue under the new model")
-    from edgessl.edge_runtime.gallery import Gallery
+    from edgessl.edge_runtime.fewshot.gallery import Gallery
     with Gallery(daemon.gallery_path) as g:
         assert g.stale(daemon.model.extractor.fingerprint) == 0
     assert "edgessl_model_version 2.0" in client.get("/metrics").text
@@ -272,7 +272,7 @@ def test_model_upload_hot_reload(api, make_bundle):
 
 
 def test_an_uploaded_model_name_cannot_escape_the_bundles_folder(api, make_bundle):
-    from edgessl.edge_runtime.bundle import read_manifest, write_manifest
+    from edgessl.edge_runtime.bundle.manifest import read_manifest, write_manifest
 
     daemon, client = api
     evil = make_bundle("evil", seed=4, version=9)
@@ -298,10 +298,10 @@ def test_root_mode_installs_through_the_ab_installer(tmp_path, tiny_bundle, make
         on_switch(staged)
         return types.SimpleNamespace(ok=True, slot="b")
 
-    fake = types.ModuleType("edgessl.edge_runtime.installer")
+    fake = types.ModuleType("edgessl.edge_runtime.device.installer")
     fake.install = install  # type: ignore[attr-defined]
     fake.active_bundle = lambda r: active["path"]  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "edgessl.edge_runtime.installer", fake)
+    monkeypatch.setitem(sys.modules, "edgessl.edge_runtime.device.installer", fake)
 
     config = make_config(tmp_path, tiny_bundle, [{"id": "cam", "url": str(clips["red"]), "loop": True}],
                          model={"root": str(root), "threads": 1}, api={"port": 0})

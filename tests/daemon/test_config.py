@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgessl.cli import main
-from edgessl.edge_runtime.config import ConfigError, DaemonConfig, check_text, json_schema, load_config
+from edgessl.edge_runtime.daemon.config import ConfigError, DaemonConfig, check_text, json_schema, load_config
 
 GOOD = """\
 device: gate-01

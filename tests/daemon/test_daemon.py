@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 from daemon_helpers import BLUE, GREEN, RED, make_config, textured, wait_for
 
-from edgessl.edge_runtime.extractor import FeatureExtractor
-from edgessl.edge_runtime.gallery import Gallery
+from edgessl.edge_runtime.inference.extractor import FeatureExtractor
+from edgessl.edge_runtime.fewshot.gallery import Gallery
 
 
 def split_clip(path, seconds: float = 2.0, fps: int = 10):

@@ -12,11 +12,11 @@ import pytest
 from daemon_helpers import RED, make_config, textured, wait_for
 from profile_text import TEST_PROFILE
 
-from edgessl.edge_runtime.daemon import Daemon
+from edgessl.edge_runtime.daemon.core import Daemon
 
 keys = pytest.importorskip("edgessl.devices.keys")
 flash = pytest.importorskip("edgessl.devices.flash")
-installer = pytest.importorskip("edgessl.edge_runtime.installer")
+installer = pytest.importorskip("edgessl.edge_runtime.device.installer")
 
 TOKEN = "push-test-token-0123456789"
 
@@ -78,7 +78,7 @@ def _with_foreign_golden(bundle, other):
     """The bundle's model with another model's golden embeddings: its health check must fail."""
     import shutil
 
-    from edgessl.edge_runtime.bundle import file_entry, read_manifest, write_manifest
+    from edgessl.edge_runtime.bundle.manifest import file_entry, read_manifest, write_manifest
 
     shutil.copy(other / "golden.npz", bundle / "golden.npz")
     manifest = read_manifest(bundle)

@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from daemon_helpers import RED, make_config, textured, wait_for
 
-from edgessl.edge_runtime.config import JsonlConfig, WebhookConfig
-from edgessl.edge_runtime.sinks import Event, JsonlSink, SinkRunner, WebhookSink
+from edgessl.edge_runtime.daemon.config import JsonlConfig, WebhookConfig
+from edgessl.edge_runtime.daemon.sinks import Event, JsonlSink, SinkRunner, WebhookSink
 
 
 def event(i: int = 0, label: str = "red") -> Event:

@@ -8,8 +8,8 @@ import time
 
 from daemon_helpers import RED, make_config, render_clip, textured, wait_for
 
-from edgessl.edge_runtime.config import BackoffConfig, CameraConfig
-from edgessl.edge_runtime.streams import CameraStream, State
+from edgessl.edge_runtime.daemon.config import BackoffConfig, CameraConfig
+from edgessl.edge_runtime.daemon.streams import CameraStream, State
 
 
 def camera(**kwargs) -> CameraConfig:

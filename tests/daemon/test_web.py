@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from daemon_helpers import make_config
 
-from edgessl.edge_runtime.daemon import Daemon
+from edgessl.edge_runtime.daemon.core import Daemon
 
 CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "web-test-token-0123456789"

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from edgessl.devices.keys import sign_bundle
-from edgessl.edge_runtime.health import check_bundle
-from edgessl.edge_runtime.installer import active_bundle, init_device, install, status
-from edgessl.edge_runtime.profiles import load_profile
+from edgessl.edge_runtime.device.health import check_bundle
+from edgessl.edge_runtime.device.installer import active_bundle, init_device, install, status
+from edgessl.edge_runtime.device.profiles import load_profile
 from edgessl.errors import InstallError
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgessl.edge_runtime.bundle import load_bundle
-from edgessl.edge_runtime.classifier import FewShotClassifier
-from edgessl.edge_runtime.extractor import FeatureExtractor
-from edgessl.edge_runtime.gallery import Gallery
-from edgessl.edge_runtime.installer import active_bundle, install
+from edgessl.edge_runtime.bundle.manifest import load_bundle
+from edgessl.edge_runtime.fewshot.classifier import FewShotClassifier
+from edgessl.edge_runtime.inference.extractor import FeatureExtractor
+from edgessl.edge_runtime.fewshot.gallery import Gallery
+from edgessl.edge_runtime.device.installer import active_bundle, install
 
 COLORS = {"red": (30, 30, 200), "green": (30, 200, 30), "blue": (200, 30, 30)}  # BGR
 PER_CLASS = 4
@@ -61,9 +61,9 @@ def _rows(gallery: Path) -> list[tuple]:
 # until it is killed.
 CHILD = """
 import sys
-from edgessl.edge_runtime.bundle import load_bundle
-from edgessl.edge_runtime.extractor import FeatureExtractor
-from edgessl.edge_runtime.gallery import Gallery
+from edgessl.edge_runtime.bundle.manifest import load_bundle
+from edgessl.edge_runtime.inference.extractor import FeatureExtractor
+from edgessl.edge_runtime.fewshot.gallery import Gallery
 
 bundle, gallery = sys.argv[1:]
 real = FeatureExtractor.from_bundle(load_bundle(bundle), "onnxruntime", threads=1)

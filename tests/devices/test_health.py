@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgessl.edge_runtime.bundle import load_bundle
-from edgessl.edge_runtime.health import HealthError, check_bundle, choose_artifact, run_health_check
-from edgessl.edge_runtime.installer import active_bundle, install, status
-from edgessl.edge_runtime.profiles import load_profile
+from edgessl.edge_runtime.bundle.manifest import load_bundle
+from edgessl.edge_runtime.device.health import HealthError, check_bundle, choose_artifact, run_health_check
+from edgessl.edge_runtime.device.installer import active_bundle, install, status
+from edgessl.edge_runtime.device.profiles import load_profile
 from edgessl.errors import InstallError
 
 

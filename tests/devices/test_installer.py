@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from edgessl.cli import main
-from edgessl.edge_runtime.installer import (
+from edgessl.edge_runtime.device.installer import (
     InstallResult,
     active_bundle,
     active_model,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgessl.edge_runtime.safe_extract import atomic_write, safe_extract, safe_name
+from edgessl.edge_runtime.bundle.safe_extract import atomic_write, safe_extract, safe_name
 from edgessl.errors import UnsafeArchiveError
 
 

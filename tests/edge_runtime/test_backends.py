@@ -7,7 +7,7 @@ import importlib
 import numpy as np
 import pytest
 
-from edgessl.edge_runtime.backends import BACKENDS, Backend, load_backend
+from edgessl.edge_runtime.inference.backends import BACKENDS, Backend, load_backend
 from edgessl.errors import BackendError
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgessl.edge_runtime.bundle import file_entry, load_bundle
-from edgessl.edge_runtime.extractor import FeatureExtractor
+from edgessl.edge_runtime.bundle.manifest import file_entry, load_bundle
+from edgessl.edge_runtime.inference.extractor import FeatureExtractor
 from edgessl.errors import BundleError
 
 FILES = ["model.onnx", "center.npy", "golden.npz"]

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from edgessl.edge_runtime.fewshot import (
+from edgessl.edge_runtime.fewshot.prototypes import (
     center_normalize,
     class_prototypes,
     evaluate_episodes,

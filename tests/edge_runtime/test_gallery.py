@@ -11,13 +11,13 @@ import sys
 import numpy as np
 import pytest
 
-from edgessl.edge_runtime.gallery import SCHEMA_VERSION, Gallery, decode_crop, validate_label
+from edgessl.edge_runtime.fewshot.gallery import SCHEMA_VERSION, Gallery, decode_crop, validate_label
 from edgessl.errors import GalleryError
 
 CHILD = """
 import sys
 import numpy as np
-from edgessl.edge_runtime.gallery import Gallery
+from edgessl.edge_runtime.fewshot.gallery import Gallery
 
 rng = np.random.default_rng(0)
 with Gallery(sys.argv[1]) as gallery:

@@ -77,8 +77,10 @@ def test_edge_runtime_runs_without_torch(tmp_path, tiny_bundle, write_images):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     imported = set(lines[0].removeprefix("IMPORTED ").split())
-    expected = {"bundle", "preprocess", "backends", "backends.ort", "fewshot", "extractor", "gallery",
-                "classifier", "sources", "cli_args", "cli_enroll", "cli_classify", "cli_gallery"}
+    expected = {"bundle.manifest", "inference.preprocess", "inference.backends", "inference.backends.ort",
+                "fewshot.prototypes", "inference.extractor", "fewshot.gallery", "fewshot.classifier",
+                "inference.sources", "daemon.core", "daemon.http.app", "device.installer", "cli.args", "cli.enroll",
+                "cli.classify", "cli.gallery"}
     assert {f"edgessl.edge_runtime.{name}" for name in expected} <= imported
     assert "enrolled 3 images as 'red'" in lines[1] and "enrolled 3 images as 'blue'" in lines[2]
     record = json.loads(lines[3])

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edgessl.edge_runtime.bundle import PreprocessSpec
-from edgessl.edge_runtime.preprocess import preprocess, read_image
+from edgessl.edge_runtime.bundle.manifest import PreprocessSpec
+from edgessl.edge_runtime.inference.preprocess import preprocess, read_image
 from edgessl.errors import ImageError
 
 MEAN, STD = (0.1, 0.2, 0.3), (0.5, 0.25, 0.125)

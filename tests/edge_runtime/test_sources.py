@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgessl.edge_runtime.sources import Frame, FrameReader, expand
+from edgessl.edge_runtime.inference.sources import Frame, FrameReader, expand
 from edgessl.errors import ImageError
 
 

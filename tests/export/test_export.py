@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgessl.edge_runtime.bundle import load_bundle
-from edgessl.edge_runtime.extractor import FeatureExtractor
+from edgessl.edge_runtime.bundle.manifest import load_bundle
+from edgessl.edge_runtime.inference.extractor import FeatureExtractor
 from edgessl.errors import EdgesslError
 from edgessl.export import bundle_writer
 from edgessl.export.bundle_writer import export_bundle

@@ -1,0 +1,413 @@
+"""The camera daemon's configuration (`edge.yaml`), validated by pydantic.
+
+Every model forbids unknown keys and describes every field, so `edgessl config schema`
+prints a complete JSON schema and a typo is an error instead of a silently ignored key.
+`load_config` reports errors with the line and column of the offending key in the file.
+Relative paths in the file are relative to the file's folder.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from edgessl.errors import EdgesslError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"  # safe in MQTT topics, URLs and metric labels
+_V4L2 = re.compile(r"^/dev/video\d+$")
+
+
+
+def _unique(names: list[str], rule: str) -> None:
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{rule}; repeated: {', '.join(repeated)}")
+
+class ConfigError(EdgesslError):
+    """The daemon's configuration file is missing, not YAML, or not valid."""
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    value = value.expanduser()
+    return value if value.is_absolute() or base is None else Path(base) / value
+
+
+# A path in the file: relative ones are taken from the config file's folder.
+ConfigPath = Annotated[Path, AfterValidator(_resolve)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RegionConfig(_Strict):
+    """A named rectangle of a camera's frame, classified on its own."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="region name (letters, digits, '_' and '-'; "
+                      "at most 32 characters); used in MQTT topics and events")
+    x: float = Field(default=0.0, ge=0, lt=1, description="left edge, as a fraction of the frame width (0..1)")
+    y: float = Field(default=0.0, ge=0, lt=1, description="top edge, as a fraction of the frame height (0..1)")
+    width: float = Field(default=1.0, gt=0, le=1, description="width, as a fraction of the frame width")
+    height: float = Field(default=1.0, gt=0, le=1, description="height, as a fraction of the frame height")
+
+    @model_validator(mode="after")
+    def _inside(self) -> RegionConfig:
+        if self.x + self.width > 1 + 1e-9 or self.y + self.height > 1 + 1e-9:
+            raise ValueError(f"region {self.name!r} reaches outside the frame: x + width = {self.x + self.width:g} "
+                             f"and y + height = {self.y + self.height:g} must both be <= 1")
+        return self
+
+    def box(self, frame_width: int, frame_height: int) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) in pixels, at least one pixel wide and high."""
+        x0 = min(frame_width - 1, int(round(self.x * frame_width)))
+        y0 = min(frame_height - 1, int(round(self.y * frame_height)))
+        x1 = max(x0 + 1, min(frame_width, int(round((self.x + self.width) * frame_width))))
+        y1 = max(y0 + 1, min(frame_height, int(round((self.y + self.height) * frame_height))))
+        return x0, y0, x1, y1
+
+
+FULL_FRAME = RegionConfig(name="full")
+
+
+class BackoffConfig(_Strict):
+    """Reconnection delays: initial_s, then multiplied by `factor` per failed attempt, up to max_s."""
+
+    initial_s: float = Field(default=0.5, gt=0, le=3600, description="delay before the first reconnection attempt (seconds)")
+    max_s: float = Field(default=30.0, gt=0, le=3600, description="longest delay between attempts (seconds)")
+    factor: float = Field(default=2.0, ge=1, le=10, description="the delay is multiplied by this after each failed attempt")
+    jitter: float = Field(default=0.2, ge=0, lt=1, description="each delay is scaled by a random factor in "
+                          "[1 - jitter, 1 + jitter], so cameras that failed together do not retry together")
+
+    def delay(self, attempt: int, rand: float) -> float:
+        """Delay before attempt number `attempt` (1 = first retry); `rand` is uniform in [0, 1)."""
+        base = min(self.max_s, self.initial_s * self.factor ** max(0, attempt - 1))
+        return max(0.0, base * (1 + self.jitter * (2 * rand - 1)))
+
+
+class CameraConfig(_Strict):
+    """One video source: a file, an RTSP or HTTP (MJPEG) stream, or a V4L2 device."""
+
+    id: str = Field(pattern=NAME_PATTERN, description="camera name (letters, digits, '_' and '-'; at most 32 "
+                    "characters); used in URLs, MQTT topics and metrics")
+    url: str = Field(description="rtsp://..., rtsps://..., http(s)://... (MJPEG or anything FFmpeg reads), "
+                     "/dev/videoN (V4L2), or a video file path (relative to the config file)")
+    enabled: bool = Field(default=True, description="false: keep the camera in the file but do not open it")
+    transport: Literal["tcp", "udp"] = Field(default="tcp", description="RTSP transport (RTSP only)")
+    mode: Literal["latest", "every"] = Field(default=
+        "latest", description="latest: keep only the newest frame (bounded latency; older frames are dropped "
+        "and counted); every: process every frame in order (for files; the reader waits for the inference)")
+    loop: bool = Field(default=False, description="files: start again at the end instead of stopping")
+    realtime: bool | None = Field(default=None, description="files: deliver frames at the file's frame rate like a live "
+                                  "camera (default: true in latest mode, false in every mode)")
+    fps: float | None = Field(default=None, gt=0, le=1000, description="files in real time: frame rate to play at "
+                              "(default: the file's own frame rate, or 25 if it has none)")
+    regions: list[RegionConfig] = Field(default_factory=list, description="regions classified on their own; "
+                                        "empty: the whole frame, as one region named 'full'")
+    open_timeout_s: float = Field(default=10.0, gt=0, le=300, description="give up opening the stream after this long")
+    stall_timeout_s: float = Field(default=5.0, gt=0, le=3600, description="no new frame for this long: the camera is "
+                                   "'stalled', and the stream is reopened (the read gives up after this long)")
+    backoff: BackoffConfig = Field(default_factory=BackoffConfig, description="delays between reconnections")
+    max_attempts: int | None = Field(default=None, ge=1, description="consecutive failed connections after which the "
+                                     "camera is 'failed' and left alone; null: retry forever")
+    queue_size: int = Field(default=8, ge=1, le=1024, description="every mode: frames buffered between reader and inference")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("url is empty; give rtsp://..., http(s)://..., /dev/videoN or a video file path")
+        if "://" in value:
+            scheme = value.split("://", 1)[0].lower()
+            if scheme not in ("rtsp", "rtsps", "http", "https", "file"):
+                raise ValueError(f"unsupported URL scheme {scheme!r}; valid: rtsp, rtsps, http, https, file, "
+                                 "or a plain path")
+            if scheme == "file":
+                value = value.split("://", 1)[1]
+            else:
+                return value
+        if _V4L2.match(value):
+            return value
+        return str(_resolve(Path(value), info))
+
+    @field_validator("regions")
+    @classmethod
+    def _unique_regions(cls, value: list[RegionConfig]) -> list[RegionConfig]:
+        _unique([r.name for r in value], "region names must be unique within a camera")
+        return value
+
+    @property
+    def kind(self) -> Literal["rtsp", "http", "v4l2", "file"]:
+        scheme = self.url.split("://", 1)[0].lower() if "://" in self.url else ""
+        if scheme in ("rtsp", "rtsps"):
+            return "rtsp"
+        if scheme in ("http", "https"):
+            return "http"
+        return "v4l2" if _V4L2.match(self.url) else "file"
+
+    @property
+    def plays_realtime(self) -> bool:
+        return self.kind == "file" and (self.realtime if self.realtime is not None else self.mode == "latest")
+
+    @property
+    def region_list(self) -> list[RegionConfig]:
+        return self.regions or [FULL_FRAME]
+
+
+class ModelConfig(_Strict):
+    """Where the model comes from: a bundle folder, or a device root managed by the A/B installer."""
+
+    bundle: ConfigPath | None = Field(default=None, description="a bundle folder (with manifest.json); uploaded models "
+                                      "are unpacked into state_dir/bundles and last until a restart")
+    root: ConfigPath | None = Field(default=None, description="a device root provisioned with `edgessl device`: the "
+                                    "active slot's bundle is loaded and uploads go through the A/B installer")
+    backend: str = Field(default="onnxruntime", description="inference backend (see edgessl.edge_runtime.inference.backends)")
+    precision: str = Field(default="fp32", description="which of the bundle's artifacts to run: fp32, fp16 or int8")
+    threads: int | None = Field(default=None, ge=1, le=256, description="inference threads (null: the backend's choice)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.bundle is None) == (self.root is None):
+            raise ValueError("give exactly one of model.bundle (a bundle folder) or model.root (a device root)")
+        return self
+
+
+class ClassifierConfig(_Strict):
+    threshold: float = Field(default=0.5, ge=-1, le=1, description="lowest (smoothed) centred cosine similarity to a "
+                             "class prototype that names the class; below it the label is 'unknown'")
+
+
+class SmoothingConfig(_Strict):
+    """How per-frame scores become a stable label (per camera region)."""
+
+    alpha: float = Field(default=0.5, gt=0, le=1, description="EMA weight of the newest frame's scores (1: no smoothing)")
+    hysteresis: float = Field(default=0.05, ge=0, lt=1, description="the current label is kept until its smoothed score "
+                              "drops below threshold - hysteresis, or another class beats it by more than this")
+    consecutive: int = Field(default=3, ge=1, le=1000, description="a new label must be proposed this many processed "
+                             "frames in a row before it replaces the current one")
+
+
+class InferenceConfig(_Strict):
+    max_batch: int = Field(default=16, ge=1, le=1024, description="most crops (frames x regions) embedded in one batch")
+
+
+class MqttConfig(_Strict):
+    """Topics: <prefix>/<device>/available (online/offline, retained, last will),
+    <prefix>/<device>/<camera>/<region>/state (JSON, retained) and <prefix>/<device>/events (JSON)."""
+
+    host: str = Field(description="broker host name or address")
+    port: int = Field(default=1883, ge=1, le=65535, description="broker port")
+    topic_prefix: str = Field(default="edgessl", pattern=r"^[^#+\s]+$", description="first level of every topic")
+    qos: Literal[0, 1, 2] = Field(default=1, description="MQTT quality of service of every message")
+    client_id: str | None = Field(default=None, description="default: edgessl-<device>")
+    username: str | None = Field(default=None, description="broker user name")
+    password_file: ConfigPath | None = Field(default=None, description="file holding the broker password")
+    tls: bool = Field(default=False, description="connect with TLS (system CA certificates)")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive interval (seconds)")
+    reconnect_max_s: int = Field(default=30, ge=1, le=3600, description="longest delay between reconnection attempts")
+
+
+class JsonlConfig(_Strict):
+    path: ConfigPath = Field(description="events are appended here, one JSON object per line")
+    max_bytes: int = Field(default=10_000_000, ge=1024, description="rotate the file when it grows past this size")
+    backups: int = Field(default=5, ge=0, le=1000, description="rotated files kept (path.1 is the newest)")
+
+
+class WebhookConfig(_Strict):
+    url: str = Field(pattern=r"^https?://", description="every event is POSTed here as JSON")
+    headers: dict[str, str] = Field(default_factory=dict, description="extra request headers, e.g. Authorization")
+    timeout_s: float = Field(default=5.0, gt=0, le=300, description="timeout of one request")
+    retries: int = Field(default=3, ge=0, le=100, description="further attempts after a failed request")
+    backoff_s: float = Field(default=1.0, ge=0, le=300, description="delay before the first retry; doubles after each")
+
+
+class SinksConfig(_Strict):
+    mqtt: MqttConfig | None = Field(default=None, description="publish to an MQTT broker")
+    jsonl: JsonlConfig | None = Field(default=None, description="append events to a rotating JSON-lines file")
+    webhooks: list[WebhookConfig] = Field(default_factory=list, description="POST events to HTTP endpoints")
+    queue_size: int = Field(default=1000, ge=1, le=1_000_000, description="events buffered per sink; a sink that falls "
+                            "further behind loses the oldest")
+
+
+class ApiConfig(_Strict):
+    enabled: bool = Field(default=True, description="serve the HTTP API and the web page")
+    host: str = Field(default="127.0.0.1", description="listen address; 0.0.0.0 to serve the network")
+    port: int = Field(default=8080, ge=0, le=65535, description="listen port (0: any free port, logged at start-up)")
+    token_file: ConfigPath | None = Field(default=None, description="file holding the bearer token of mutating routes; "
+                                          "default: $EDGESSL_API_TOKEN, else state_dir/api-token (created)")
+    max_image_upload_bytes: int = Field(default=20 * 2**20, ge=1024, description="largest enrollment upload (all images)")
+    max_image_pixels: int = Field(default=40_000_000, ge=1, description="largest image accepted, in pixels")
+    max_bundle_bytes: int = Field(default=1 << 30, ge=1024, description="largest model bundle upload (.tar)")
+
+
+class EnrollmentConfig(_Strict):
+    """Quality gates of live enrollment: each captured shot is checked before it is kept."""
+
+    min_sharpness: float = Field(default=20.0, ge=0, description="lowest variance of the Laplacian of the grey crop "
+                                 "(scaled to 256 pixels on its longer side): below it the shot is blurry")
+    min_brightness: float = Field(default=35.0, ge=0, le=255, description="lowest mean grey level (0-255): darker is too dark")
+    max_brightness: float = Field(default=235.0, ge=0, le=255, description="highest mean grey level: brighter is washed out")
+    min_difference: float = Field(default=2.0, ge=0, le=255, description="lowest mean absolute difference (grey levels, "
+                                  "on 32x32 thumbnails) to every shot kept so far: below it the shot is a "
+                                  "near-duplicate")
+    frames: int = Field(default=5, ge=1, le=100, description="shots to keep per live enrollment (default of the request)")
+    interval_s: float = Field(default=0.3, ge=0, le=60, description="least time between two shots")
+    timeout_s: float = Field(default=20.0, gt=0, le=600, description="give up collecting shots after this long")
+
+
+class DaemonConfig(_Strict):
+    """`edgessl run --config edge.yaml`."""
+
+    device: str = Field(default_factory=lambda: _default_device(), pattern=NAME_PATTERN,
+                        description="this device's name (MQTT topics, events); default: the host name")
+    state_dir: ConfigPath = Field(default=Path("/var/lib/edgessl"), description="where the daemon keeps its files: "
+                                  "the gallery (by default), the generated API token, uploaded bundles")
+    gallery: ConfigPath | None = Field(default=None, description="gallery database (SQLite); default: state_dir/gallery.db")
+    model: ModelConfig = Field(description="the model to run")
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig, description="few-shot classification")
+    smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig, description="smoothing over time")
+    inference: InferenceConfig = Field(default_factory=InferenceConfig, description="the inference loop")
+    cameras: list[CameraConfig] = Field(min_length=1, description="the video sources")
+    sinks: SinksConfig = Field(default_factory=SinksConfig, description="where events go")
+    api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API and web page")
+    enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig, description="live enrollment")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="logging level")
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_cameras(cls, value: list[CameraConfig]) -> list[CameraConfig]:
+        _unique([c.id for c in value], "camera ids must be unique")
+        return value
+
+    @property
+    def gallery_path(self) -> Path:
+        return self.gallery if self.gallery is not None else self.state_dir / "gallery.db"
+
+    def camera(self, camera_id: str) -> CameraConfig:
+        for cam in self.cameras:
+            if cam.id == camera_id:
+                return cam
+        raise KeyError(camera_id)
+
+
+def _default_device() -> str:
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])[:32].strip("-_")
+    return name or "edge"
+
+
+def json_schema() -> dict[str, Any]:
+    return DaemonConfig.model_json_schema()
+
+
+# -- loading, with the line of each error ------------------------------------------------
+
+
+def _duplicate_keys(node: Any, path: str = "") -> list[str]:
+    import yaml
+
+    errors = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key, value in node.value:
+            k = getattr(key, "value", None)
+            if k in seen:
+                errors.append(f"{key.start_mark.line + 1}:{key.start_mark.column + 1}: {path}{k}: key repeated "
+                              f"(first on line {seen[k]}); YAML keeps only the last one")
+            else:
+                seen[k] = key.start_mark.line + 1
+            errors += _duplicate_keys(value, f"{path}{k}.")
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            errors += _duplicate_keys(item, f"{path}{i}.")
+    return errors
+
+
+def _locate(root: Any, loc: Sequence[int | str]) -> tuple[int, int]:
+    """(line, column), 1-based, of the deepest node of `loc` found in the YAML tree."""
+    import yaml
+
+    node, mark = root, root.start_mark
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if getattr(key, "value", None) == part:
+                    node, mark = value, key.start_mark
+                    break
+            else:
+                break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            mark = node.start_mark
+        else:
+            break
+    return mark.line + 1, mark.column + 1
+
+
+def format_errors(exc: ValidationError, root: Any | None, source: str) -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = [p for p in err["loc"] if isinstance(p, int | str)]
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (not a field here; see `edgessl config schema`)"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        if root is not None:
+            line, col = _locate(root, loc)
+            lines.append(f"{source}:{line}:{col}: {where}: {message}")
+        else:
+            lines.append(f"{source}: {where}: {message}")
+    return lines
+
+
+def check_text(text: str, source: str = "<config>", base_dir: Path | None = None) -> tuple[DaemonConfig | None, list[str]]:
+    """(config, []) when `text` is a valid config, else (None, error lines "source:line:col: key: message")."""
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{mark.line + 1}:{mark.column + 1}: " if mark is not None else ""
+        return None, [f"{source}:{where}not valid YAML: {exc.problem or exc}"]
+    except yaml.YAMLError as exc:
+        return None, [f"{source}: not valid YAML: {exc}"]
+    if root is None or not isinstance(data, dict):
+        return None, [f"{source}:1:1: expected a mapping of settings (model:, cameras:, ...), got "
+                      f"{type(data).__name__ if data is not None else 'an empty file'}"]
+    errors = [f"{source}:{e}" for e in _duplicate_keys(root)]
+    try:
+        config = DaemonConfig.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        return None, errors + format_errors(exc, root, source)
+    return (None, errors) if errors else (config, [])
+
+
+def load_config(path: str | Path) -> DaemonConfig:
+    """Read and validate a YAML config file; ConfigError lists every problem with its line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from exc
+    config, errors = check_text(text, str(path), path.resolve().parent)
+    if config is None:
+        raise ConfigError(f"{path} is not a valid daemon config:\n  " + "\n  ".join(errors))
+    return config

@@ -1,0 +1,79 @@
+"""Inference backends: one file each, chosen by name from one explicit table.
+
+A backend turns a float32 NCHW batch into (N, D) float32 embeddings. Its module is imported
+only when it is used, so a device needs only the runtime of the backend it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+
+import numpy as np
+
+from edgessl.errors import BackendError
+
+# name -> "module:Class". A new backend is one file in this folder and one line here.
+BACKENDS: dict[str, str] = {
+    "onnxruntime": "edgessl.edge_runtime.inference.backends.ort:OnnxRuntimeBackend",
+    "openvino": "edgessl.edge_runtime.inference.backends.openvino:OpenVinoBackend",
+    "tensorrt": "edgessl.edge_runtime.inference.backends.tensorrt:TensorRtBackend",
+}
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the feature extractor needs from a backend. Subclass it to get the context manager.
+
+    Constructor: `Backend(model_path: Path, *, threads: int | None, **options)`."""
+
+    artifact_format: ClassVar[str]  # the bundle artifact format it runs, e.g. "onnx"
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (N, 3, H, W) -> float32 (N, D)."""
+        ...
+
+    def close(self) -> None:
+        """Release the model; the backend cannot be used afterwards."""
+        ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The class registered under `name`, importing its module now."""
+    try:
+        target = BACKENDS[name]
+    except KeyError:
+        raise BackendError(f"unknown backend {name!r}; valid backends: {', '.join(sorted(BACKENDS))}") from None
+    module_name, class_name = target.split(":")
+    cls: type[Backend] = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
+def backend_for(artifact_format: str) -> str:
+    """The name of the backend that runs artifacts of `artifact_format` (onnx, openvino, tensorrt)."""
+    for name in BACKENDS:
+        if backend_class(name).artifact_format == artifact_format:
+            return name
+    raise BackendError(f"no backend runs {artifact_format!r} artifacts; backends: {', '.join(sorted(BACKENDS))}")
+
+
+def load_backend(name: str, model_path: str | Path, *, threads: int | None = None, **options: Any) -> Backend:
+    """Load `model_path` with the backend called `name` (see BACKENDS for the valid names)."""
+    if threads is not None and threads < 1:
+        raise BackendError(f"threads must be a positive number (or None for the backend's default), got {threads}")
+    return backend_class(name)(Path(model_path), threads=threads, **options)  # type: ignore[call-arg]
+
+
+def check_batch(batch: np.ndarray) -> np.ndarray:
+    """The batch as contiguous float32 NCHW with 3 channels, or a BackendError saying why not."""
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    if batch.ndim != 4 or batch.shape[1] != 3:
+        raise BackendError(f"expected a float32 batch of shape (N, 3, H, W), got {batch.shape}")
+    return batch

@@ -1,0 +1,70 @@
+"""ONNX Runtime backend (CPU by default; any installed execution provider by name).
+
+`providers` takes ONNX Runtime's own names, in preference order, e.g.
+("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider") on a Jetson,
+or ("OpenVINOExecutionProvider", "CPUExecutionProvider") with onnxruntime-openvino.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import onnxruntime as ort
+
+from edgessl.edge_runtime.inference.backends import Backend, check_batch
+from edgessl.edge_runtime.bundle.manifest import check_external_data
+from edgessl.errors import BackendError, BundleError
+
+log = logging.getLogger(__name__)
+
+
+class OnnxRuntimeBackend(Backend):
+    artifact_format: ClassVar[str] = "onnx"
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        threads: int | None = None,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+    ) -> None:
+        available = ort.get_available_providers()
+        unknown = [p for p in providers if p not in available]
+        if unknown:
+            raise BackendError(f"ONNX Runtime providers not available: {', '.join(unknown)}; "
+                               f"available here: {', '.join(available)}")
+        if not Path(model_path).is_file():
+            raise BackendError(f"{model_path}: model file not found")
+        try:
+            check_external_data(Path(model_path))  # before ONNX Runtime opens any external-data file
+        except BundleError as exc:
+            raise BackendError(f"{model_path}: ONNX Runtime cannot load the model: {exc}") from exc
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        try:
+            self._session: ort.InferenceSession | None = ort.InferenceSession(
+                str(model_path), sess_options=options, providers=list(providers))
+        except Exception as exc:  # onnxruntime raises its own exception types for bad models
+            raise BackendError(f"{model_path}: ONNX Runtime cannot load the model: {exc}") from exc
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1:
+            raise BackendError(f"{model_path}: expected a model with one input (the image batch), "
+                               f"it has {[i.name for i in inputs]}")
+        self.input_name: str = inputs[0].name
+        self.output_name: str = outputs[0].name
+        log.debug("loaded %s with %s (%s -> %s)", model_path, providers, self.input_name, self.output_name)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        if self._session is None:
+            raise BackendError("the ONNX Runtime backend is closed")
+        batch = check_batch(batch)
+        (out,) = self._session.run([self.output_name], {self.input_name: batch})
+        return np.asarray(out, np.float32).reshape(len(batch), -1)
+
+    def close(self) -> None:
+        self._session = None

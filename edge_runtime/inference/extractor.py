@@ -1,0 +1,84 @@
+"""Images to embeddings with the model of a bundle: preprocessing + a backend."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Self
+
+import numpy as np
+
+from edgessl.edge_runtime.inference.backends import Backend, backend_class, load_backend
+from edgessl.edge_runtime.bundle.manifest import Bundle, PreprocessSpec
+from edgessl.edge_runtime.inference.preprocess import preprocess
+from edgessl.errors import BackendError, BundleError
+
+log = logging.getLogger(__name__)
+
+
+class FeatureExtractor:
+    """Raw (uncentred) embeddings of BGR images, plus what is needed to compare them:
+    the centring vector and the fingerprint of the model that made them."""
+
+    def __init__(
+        self, backend: Backend, spec: PreprocessSpec, center: np.ndarray, fingerprint: str, embedding_dim: int
+    ) -> None:
+        if center.shape != (embedding_dim,):
+            raise BundleError(f"centre vector has shape {center.shape}; the manifest's embedding_dim "
+                              f"is {embedding_dim}, so it must be ({embedding_dim},)")
+        self.backend = backend
+        self.spec = spec
+        self.center = center.astype(np.float32)
+        self.fingerprint = fingerprint
+        self.embedding_dim = embedding_dim
+        # One dummy frame checks that the model really produces embedding_dim features.
+        probe = self.backend.embed(np.zeros((1, 3, *spec.input_size), np.float32))
+        if probe.shape != (1, embedding_dim):
+            raise BundleError(f"the model outputs embeddings of shape {probe.shape[1:]}; "
+                              f"the manifest says embedding_dim {embedding_dim}")
+
+    @classmethod
+    def from_bundle(
+        cls, bundle: Bundle, backend: str = "onnxruntime", threads: int | None = None,
+        precision: str = "fp32", **options: Any,
+    ) -> FeatureExtractor:
+        """Load the bundle's artifact for `backend` (a name from backends.BACKENDS)."""
+        manifest = bundle.manifest
+        artifact = manifest.artifact(backend_class(backend).artifact_format, precision)
+        try:
+            center = np.load(bundle.path(manifest.center), allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{bundle.path(manifest.center)}: not a numpy .npy array: {exc}") from exc
+        model = load_backend(backend, bundle.path(artifact.file), threads=threads, **options)
+        try:
+            extractor = cls(model, manifest.preprocess, np.asarray(center), bundle.fingerprint(artifact),
+                            manifest.embedding_dim)
+        except BaseException:
+            model.close()
+            raise
+        log.info("model %s v%d (%s/%s on %s), %d-d embeddings", manifest.model.name, manifest.model.version,
+                 artifact.format, artifact.precision, backend, manifest.embedding_dim)
+        return extractor
+
+    def embed(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """BGR uint8 images -> (N, D) float32 raw embeddings."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        out = np.empty((len(images), self.embedding_dim), np.float32)
+        for start in range(0, len(images), batch_size):
+            batch = preprocess(images[start:start + batch_size], self.spec)
+            emb = self.backend.embed(batch)
+            if emb.shape != (len(batch), self.embedding_dim):
+                raise BackendError(f"backend returned embeddings of shape {emb.shape}, "
+                                   f"expected ({len(batch)}, {self.embedding_dim})")
+            out[start:start + len(batch)] = emb
+        return out
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

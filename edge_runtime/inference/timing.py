@@ -1,0 +1,65 @@
+"""Speed and parity figures measured through the edge runtime's own backends.
+
+Used by export (the report stored in the manifest) and by `edgessl bench BUNDLE` on a device.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from edgessl.edge_runtime.inference.backends import Backend
+from edgessl.edge_runtime.bundle.manifest import ReportRow
+
+
+def time_batches(backend: Backend, batch: np.ndarray, seconds: float = 1.0, warmup: int = 2,
+                 min_runs: int = 5) -> float:
+    """Median seconds per call of `backend.embed(batch)` after warm-up."""
+    for _ in range(warmup):
+        backend.embed(batch)
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < min_runs or time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        backend.embed(batch)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def speed(backend: Backend, input_size: tuple[int, int], seconds: float = 1.0) -> tuple[float, float]:
+    """(ms per image at batch 1, images per second at batch 8) on random inputs."""
+    rng = np.random.default_rng(0)
+    b1 = rng.standard_normal((1, 3, *input_size), dtype=np.float32)
+    b8 = rng.standard_normal((8, 3, *input_size), dtype=np.float32)
+    return 1000 * time_batches(backend, b1, seconds), 8 / time_batches(backend, b8, seconds)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    num = (a * b).sum(1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return num / np.maximum(den, 1e-12)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def render_report(rows: Sequence[ReportRow], title: str = "") -> str:
+    """A fixed-width table like Ultralytics' benchmark output."""
+    header = ("format", "status", "size MB", "cos median", "cos p1", "5w5s %", "ms/img b1", "img/s b8", "in bundle")
+    lines = [[r.name, r.status, _fmt(None if r.size_bytes is None else r.size_bytes / 1e6, ".2f"),
+              _fmt(r.cosine_median, ".5f"), _fmt(r.cosine_p1, ".5f"),
+              _fmt(None if r.fewshot is None else 100 * r.fewshot, ".2f"),
+              _fmt(r.latency_ms_b1, ".2f"), _fmt(r.throughput_b8, ".0f"), "yes" if r.in_bundle else "no"]
+             for r in rows]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)] if lines else \
+        [len(h) for h in header]
+    out = [title] if title else []
+    out.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    notes = [f"  {r.name}: {r.reason}" for r in rows if r.reason]
+    return "\n".join(out + (["notes:", *notes] if notes else []))
