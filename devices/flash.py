@@ -33,11 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from edgessl.edge_runtime.bundle.manifest import MANIFEST, load_bundle
-from edgessl.edge_runtime.device.installer import InstallResult, install
 from edgessl.edge_runtime.bundle.signing import SIGNATURE
+from edgessl.edge_runtime.device.installer import InstallResult, install
+from edgessl.edge_runtime.schema import StrictModel
 from edgessl.errors import EdgesslError, InstallError
 
 log = logging.getLogger(__name__)
@@ -184,11 +185,8 @@ def flash_one(bundle: str | Path, name: str, target: str, *, token: str | None =
 # -- fleets --------------------------------------------------------------------------------
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-class FleetDevice(_Strict):
+class FleetDevice(StrictModel):
     name: str = Field(min_length=1, max_length=64, description="device name for the result table")
     target: str = Field(min_length=1, description="device root path, or the daemon's URL (http://HOST:PORT)")
     token: str | None = Field(default=None, description="bearer token of the daemon (prefer token_env)")
@@ -204,7 +202,7 @@ class FleetDevice(_Strict):
         return self.token or default
 
 
-class Fleet(_Strict):
+class Fleet(StrictModel):
     workers: int = Field(default=4, ge=1, le=256, description="devices flashed at the same time after the canary")
     devices: list[FleetDevice] = Field(min_length=1)
 

@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgessl.edge_runtime.inference.backends import load_backend
-from edgessl.edge_runtime.inference.timing import speed
 from edgessl.edge_runtime.bundle.manifest import (
     Artifact,
     Manifest,
@@ -26,8 +24,10 @@ from edgessl.edge_runtime.bundle.manifest import (
     now_iso,
     write_manifest,
 )
-from edgessl.edge_runtime.fewshot.prototypes import evaluate_episodes
 from edgessl.edge_runtime.device.profiles import DeviceProfile, resolve_profile
+from edgessl.edge_runtime.fewshot.prototypes import evaluate_episodes
+from edgessl.edge_runtime.inference.backends import load_backend
+from edgessl.edge_runtime.inference.timing import speed
 from edgessl.errors import EdgesslError
 from edgessl.export.formats import FORMATS, ExportContext, Format, formats_for_profile, nvidia_gpu
 from edgessl.export.onnx_export import export_onnx

@@ -41,8 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgessl.edge_runtime.inference.timing import render_report
     from edgessl.edge_runtime.bundle.manifest import load_bundle
+    from edgessl.edge_runtime.inference.timing import render_report
     from edgessl.errors import EdgesslError
     from edgessl.export.bundle_writer import export_bundle
     from edgessl.export.formats import parse_formats

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgessl.edge_runtime.inference.backends import load_backend
-from edgessl.edge_runtime.inference.timing import cosine_rows
 from edgessl.edge_runtime.bundle.manifest import PreprocessSpec
+from edgessl.edge_runtime.inference.backends import load_backend
+from edgessl.edge_runtime.inference.parity import cosine_rows
 from edgessl.edge_runtime.inference.preprocess import preprocess
 
 

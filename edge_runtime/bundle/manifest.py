@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
+from edgessl.edge_runtime.schema import StrictModel
 from edgessl.errors import BundleError
 
 SCHEMA_VERSION: Final = 1
@@ -30,11 +31,8 @@ def _safe_relpath(value: str) -> str:
     return value
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-class PreprocessSpec(_Strict):
+class PreprocessSpec(StrictModel):
     """How a frame becomes the model's input; written by export, followed by the device."""
 
     input_size: tuple[int, int] = Field(description="model input (height, width) in pixels")
@@ -46,12 +44,12 @@ class PreprocessSpec(_Strict):
     channel_order: Literal["RGB", "BGR"] = Field("RGB", description="channel order the model expects")
 
 
-class FileEntry(_Strict):
+class FileEntry(StrictModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=0)
 
 
-class Artifact(_Strict):
+class Artifact(StrictModel):
     """One runnable form of the model (format + precision) and how it compared to fp32 torch."""
 
     format: str = Field(description="artifact format a backend runs: onnx, openvino or tensorrt")
@@ -70,7 +68,7 @@ class Artifact(_Strict):
         return _safe_relpath(v)
 
 
-class ReportRow(_Strict):
+class ReportRow(StrictModel):
     """One line of the export report: a format, whether it made it into the bundle, and its figures."""
 
     name: str = Field(description="export format name, e.g. openvino-int8")
@@ -88,14 +86,14 @@ class ReportRow(_Strict):
     in_bundle: bool = False
 
 
-class ModelInfo(_Strict):
+class ModelInfo(StrictModel):
     name: str
     version: int = Field(ge=1, description="monotonic; a device refuses to go back without being told")
     backbone: str
     method: str
 
 
-class Manifest(_Strict):
+class Manifest(StrictModel):
     schema_version: Literal[1] = SCHEMA_VERSION
     created_at: str
     model: ModelInfo

@@ -19,9 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from edgessl.edge_runtime.inference.backends import backend_for, load_backend
-    from edgessl.edge_runtime.inference.timing import cosine_rows, render_report, speed
     from edgessl.edge_runtime.bundle.manifest import ReportRow, load_bundle
+    from edgessl.edge_runtime.inference.backends import backend_for, load_backend
+    from edgessl.edge_runtime.inference.parity import cosine_rows
+    from edgessl.edge_runtime.inference.timing import render_report, speed
     from edgessl.errors import EdgesslError
 
     bundle = load_bundle(args.bundle)

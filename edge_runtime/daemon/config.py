@@ -16,8 +16,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -25,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from edgessl.edge_runtime.schema import StrictModel
 from edgessl.errors import EdgesslError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"  # safe in MQTT topics, URLs and metric labels
@@ -51,11 +50,8 @@ def _resolve(value: Path, info: ValidationInfo) -> Path:
 ConfigPath = Annotated[Path, AfterValidator(_resolve)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-class RegionConfig(_Strict):
+class RegionConfig(StrictModel):
     """A named rectangle of a camera's frame, classified on its own."""
 
     name: str = Field(pattern=NAME_PATTERN, description="region name (letters, digits, '_' and '-'; "
@@ -84,7 +80,7 @@ class RegionConfig(_Strict):
 FULL_FRAME = RegionConfig(name="full")
 
 
-class BackoffConfig(_Strict):
+class BackoffConfig(StrictModel):
     """Reconnection delays: initial_s, then multiplied by `factor` per failed attempt, up to max_s."""
 
     initial_s: float = Field(default=0.5, gt=0, le=3600, description="delay before the first reconnection attempt (seconds)")
@@ -99,7 +95,7 @@ class BackoffConfig(_Strict):
         return max(0.0, base * (1 + self.jitter * (2 * rand - 1)))
 
 
-class CameraConfig(_Strict):
+class CameraConfig(StrictModel):
     """One video source: a file, an RTSP or HTTP (MJPEG) stream, or a V4L2 device."""
 
     id: str = Field(pattern=NAME_PATTERN, description="camera name (letters, digits, '_' and '-'; at most 32 "
@@ -169,7 +165,7 @@ class CameraConfig(_Strict):
         return self.regions or [FULL_FRAME]
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """Where the model comes from: a bundle folder, or a device root managed by the A/B installer."""
 
     bundle: ConfigPath | None = Field(default=None, description="a bundle folder (with manifest.json); uploaded models "
@@ -187,12 +183,12 @@ class ModelConfig(_Strict):
         return self
 
 
-class ClassifierConfig(_Strict):
+class ClassifierConfig(StrictModel):
     threshold: float = Field(default=0.5, ge=-1, le=1, description="lowest (smoothed) centred cosine similarity to a "
                              "class prototype that names the class; below it the label is 'unknown'")
 
 
-class SmoothingConfig(_Strict):
+class SmoothingConfig(StrictModel):
     """How per-frame scores become a stable label (per camera region)."""
 
     alpha: float = Field(default=0.5, gt=0, le=1, description="EMA weight of the newest frame's scores (1: no smoothing)")
@@ -202,11 +198,11 @@ class SmoothingConfig(_Strict):
                              "frames in a row before it replaces the current one")
 
 
-class InferenceConfig(_Strict):
+class InferenceConfig(StrictModel):
     max_batch: int = Field(default=16, ge=1, le=1024, description="most crops (frames x regions) embedded in one batch")
 
 
-class MqttConfig(_Strict):
+class MqttConfig(StrictModel):
     """Topics: <prefix>/<device>/available (online/offline, retained, last will),
     <prefix>/<device>/<camera>/<region>/state (JSON, retained) and <prefix>/<device>/events (JSON)."""
 
@@ -222,13 +218,13 @@ class MqttConfig(_Strict):
     reconnect_max_s: int = Field(default=30, ge=1, le=3600, description="longest delay between reconnection attempts")
 
 
-class JsonlConfig(_Strict):
+class JsonlConfig(StrictModel):
     path: ConfigPath = Field(description="events are appended here, one JSON object per line")
     max_bytes: int = Field(default=10_000_000, ge=1024, description="rotate the file when it grows past this size")
     backups: int = Field(default=5, ge=0, le=1000, description="rotated files kept (path.1 is the newest)")
 
 
-class WebhookConfig(_Strict):
+class WebhookConfig(StrictModel):
     url: str = Field(pattern=r"^https?://", description="every event is POSTed here as JSON")
     headers: dict[str, str] = Field(default_factory=dict, description="extra request headers, e.g. Authorization")
     timeout_s: float = Field(default=5.0, gt=0, le=300, description="timeout of one request")
@@ -236,7 +232,7 @@ class WebhookConfig(_Strict):
     backoff_s: float = Field(default=1.0, ge=0, le=300, description="delay before the first retry; doubles after each")
 
 
-class SinksConfig(_Strict):
+class SinksConfig(StrictModel):
     mqtt: MqttConfig | None = Field(default=None, description="publish to an MQTT broker")
     jsonl: JsonlConfig | None = Field(default=None, description="append events to a rotating JSON-lines file")
     webhooks: list[WebhookConfig] = Field(default_factory=list, description="POST events to HTTP endpoints")
@@ -244,7 +240,7 @@ class SinksConfig(_Strict):
                             "further behind loses the oldest")
 
 
-class ApiConfig(_Strict):
+class ApiConfig(StrictModel):
     enabled: bool = Field(default=True, description="serve the HTTP API and the web page")
     host: str = Field(default="127.0.0.1", description="listen address; 0.0.0.0 to serve the network")
     port: int = Field(default=8080, ge=0, le=65535, description="listen port (0: any free port, logged at start-up)")
@@ -255,7 +251,7 @@ class ApiConfig(_Strict):
     max_bundle_bytes: int = Field(default=1 << 30, ge=1024, description="largest model bundle upload (.tar)")
 
 
-class EnrollmentConfig(_Strict):
+class EnrollmentConfig(StrictModel):
     """Quality gates of live enrollment: each captured shot is checked before it is kept."""
 
     min_sharpness: float = Field(default=20.0, ge=0, description="lowest variance of the Laplacian of the grey crop "
@@ -270,7 +266,7 @@ class EnrollmentConfig(_Strict):
     timeout_s: float = Field(default=20.0, gt=0, le=600, description="give up collecting shots after this long")
 
 
-class DaemonConfig(_Strict):
+class DaemonConfig(StrictModel):
     """`edgessl run --config edge.yaml`."""
 
     device: str = Field(default_factory=lambda: _default_device(), pattern=NAME_PATTERN,

@@ -35,15 +35,15 @@ import cv2
 import numpy as np
 
 from edgessl.edge_runtime.bundle.manifest import Bundle, load_bundle
-from edgessl.edge_runtime.fewshot.classifier import FewShotClassifier
 from edgessl.edge_runtime.daemon.config import DaemonConfig, RegionConfig
-from edgessl.edge_runtime.inference.extractor import FeatureExtractor
-from edgessl.edge_runtime.fewshot.gallery import Gallery, validate_label
 from edgessl.edge_runtime.daemon.metrics import Metrics
-from edgessl.edge_runtime.fewshot.quality import check_shot, class_quality
 from edgessl.edge_runtime.daemon.sinks import Event, JsonlSink, MqttSink, Sink, SinkRunner, WebhookSink, iso
 from edgessl.edge_runtime.daemon.smoothing import Smoother
 from edgessl.edge_runtime.daemon.streams import CameraStream, CapturedFrame, Opener, State, open_capture
+from edgessl.edge_runtime.fewshot.classifier import FewShotClassifier
+from edgessl.edge_runtime.fewshot.gallery import Gallery, validate_label
+from edgessl.edge_runtime.fewshot.quality import check_shot, class_quality
+from edgessl.edge_runtime.inference.extractor import FeatureExtractor
 from edgessl.errors import EdgesslError
 
 log = logging.getLogger(__name__)

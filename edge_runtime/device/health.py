@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from edgessl.edge_runtime.inference.backends import BACKENDS, backend_class, load_backend
-from edgessl.edge_runtime.inference.timing import cosine_rows
 from edgessl.edge_runtime.bundle.manifest import Artifact, Bundle, load_bundle
 from edgessl.edge_runtime.device.profiles import DeviceProfile, resolve_profile
+from edgessl.edge_runtime.inference.backends import BACKENDS, backend_class, load_backend
+from edgessl.edge_runtime.inference.parity import cosine_rows
 from edgessl.errors import EdgesslError
 
 log = logging.getLogger(__name__)

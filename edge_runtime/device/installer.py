@@ -38,11 +38,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from edgessl.edge_runtime.bundle.manifest import MANIFEST, Bundle, Manifest, load_bundle, now_iso, read_manifest
-from edgessl.edge_runtime.device.health import HealthReport, choose_artifact, run_health_check
-from edgessl.edge_runtime.device.profiles import load_profile, resolve_profile
+from edgessl.edge_runtime.bundle.manifest import (
+    MANIFEST,
+    Bundle,
+    Manifest,
+    load_bundle,
+    now_iso,
+    read_manifest,
+)
 from edgessl.edge_runtime.bundle.safe_extract import (
     Member,
     atomic_write,
@@ -63,6 +68,9 @@ from edgessl.edge_runtime.bundle.signing import (
     verify_bundle_dir,
     verify_manifest,
 )
+from edgessl.edge_runtime.device.health import HealthReport, choose_artifact, run_health_check
+from edgessl.edge_runtime.device.profiles import load_profile, resolve_profile
+from edgessl.edge_runtime.schema import StrictModel
 from edgessl.errors import BundleError, EdgesslError, InstallError
 
 log = logging.getLogger(__name__)
@@ -107,11 +115,8 @@ class InstallResult:
         return data
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-class HistoryEntry(_Strict):
+class HistoryEntry(StrictModel):
     at: str = Field(description="UTC time, ISO 8601")
     action: Literal["init", "install", "rollback", "recover"]
     ok: bool
@@ -120,7 +125,7 @@ class HistoryEntry(_Strict):
     reason: str
 
 
-class DeviceState(_Strict):
+class DeviceState(StrictModel):
     schema_version: Literal[1] = 1
     active: SlotName | None = Field(default=None, description="the slot `current` points to (the link is authoritative)")
     previous: SlotName | None = Field(default=None, description="the slot holding the previously active, good bundle")

@@ -13,19 +13,17 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
+from edgessl.edge_runtime.schema import StrictModel
 from edgessl.errors import EdgesslError
 
 Precision = Literal["fp32", "fp16", "int8"]
 PROFILE_SUFFIX = ".toml"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-class CosineThresholds(_Strict):
+class CosineThresholds(StrictModel):
     """Lowest acceptable cosine between the device's embeddings of the golden inputs and the
     fp32 reference embeddings stored in the bundle, per precision of the artifact that runs."""
 
@@ -44,7 +42,7 @@ class CosineThresholds(_Strict):
 OptionValue = str | int | float | bool | list[str]
 
 
-class DeviceProfile(_Strict):
+class DeviceProfile(StrictModel):
     """One kind of target device. Export reads it to choose formats; the device's health
     check reads it to choose a backend and to judge the installed model."""
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgessl.edge_runtime.inference.extractor import FeatureExtractor
-from edgessl.edge_runtime.fewshot.prototypes import center_normalize, class_prototypes, nearest
 from edgessl.edge_runtime.fewshot.gallery import UNKNOWN, Gallery, validate_label
+from edgessl.edge_runtime.fewshot.prototypes import center_normalize, class_prototypes, nearest
+from edgessl.edge_runtime.inference.extractor import FeatureExtractor
 from edgessl.errors import GalleryError
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ from typing import Any, Self
 
 import numpy as np
 
-from edgessl.edge_runtime.inference.backends import Backend, backend_class, load_backend
 from edgessl.edge_runtime.bundle.manifest import Bundle, PreprocessSpec
+from edgessl.edge_runtime.inference.backends import Backend, backend_class, load_backend
 from edgessl.edge_runtime.inference.preprocess import preprocess
 from edgessl.errors import BackendError, BundleError
 

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edgessl.edge_runtime.inference.backends import Backend
 from edgessl.edge_runtime.bundle.manifest import ReportRow
+from edgessl.edge_runtime.inference.backends import Backend
 
 
 def time_batches(backend: Backend, batch: np.ndarray, seconds: float = 1.0, warmup: int = 2,
@@ -35,12 +35,6 @@ def speed(backend: Backend, input_size: tuple[int, int], seconds: float = 1.0) -
     b1 = rng.standard_normal((1, 3, *input_size), dtype=np.float32)
     b8 = rng.standard_normal((8, 3, *input_size), dtype=np.float32)
     return 1000 * time_batches(backend, b1, seconds), 8 / time_batches(backend, b8, seconds)
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    num = (a * b).sum(1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return num / np.maximum(den, 1e-12)
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -15,8 +15,8 @@ from typing import ClassVar
 import numpy as np
 import onnxruntime as ort
 
-from edgessl.edge_runtime.inference.backends import Backend, check_batch
 from edgessl.edge_runtime.bundle.manifest import check_external_data
+from edgessl.edge_runtime.inference.backends import Backend, check_batch
 from edgessl.errors import BackendError, BundleError
 
 log = logging.getLogger(__name__)

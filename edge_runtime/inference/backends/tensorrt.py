@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from edgessl.edge_runtime.inference.backends import Backend, check_batch
 from edgessl.edge_runtime.bundle.manifest import check_external_data
+from edgessl.edge_runtime.inference.backends import Backend, check_batch
 from edgessl.errors import BackendError
 
 log = logging.getLogger(__name__)
