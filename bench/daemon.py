@@ -36,7 +36,8 @@ from common import SHARED_DATA, write_section  # noqa: E402
 
 from edgessl.edge_runtime.bundle.manifest import load_bundle  # noqa: E402
 from edgessl.edge_runtime.daemon.config import DaemonConfig  # noqa: E402
-from edgessl.edge_runtime.daemon.core import BatchStats, Daemon  # noqa: E402
+from edgessl.edge_runtime.daemon.core import Daemon
+from edgessl.edge_runtime.daemon.pipeline import Batch  # noqa: E402
 from edgessl.edge_runtime.inference.extractor import FeatureExtractor  # noqa: E402
 from edgessl.edge_runtime.fewshot.gallery import Gallery  # noqa: E402
 from edgessl.edge_runtime.inference.preprocess import preprocess  # noqa: E402
@@ -206,7 +207,7 @@ def run_daemon(bundle: Path, clip: Path, gallery: Path, state: Path, r: int, min
     batches: list[tuple[int, float]] = []
     measuring = threading.Event()
 
-    def observe(stats: BatchStats) -> None:
+    def observe(stats: Batch) -> None:
         if not measuring.is_set():
             return
         with lock:

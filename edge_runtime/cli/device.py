@@ -28,10 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgessl.edge_runtime.device import installer
+    from edgessl.edge_runtime.device import installer, slots
 
     if args.action == "init":
-        st = installer.init_device(args.root, args.profile, args.trust)
+        st = slots.init_device(args.root, args.profile, args.trust)
         print(f"provisioned {st.root}: profile {st.profile}, trusted keys {', '.join(st.trusted_keys)}")
         print(f"next: edgessl flash BUNDLE --to {st.root}")
         return 0
@@ -42,13 +42,14 @@ def run(args: argparse.Namespace) -> int:
         from edgessl.edge_runtime.device.health import run_health_check
         from edgessl.edge_runtime.device.profiles import load_profile
 
-        profile_path = installer.profile_path(args.root)
-        report = run_health_check(installer.active_bundle(args.root), profile_path,
-                                  load_profile(profile_path).health_timeout_s)
+        profile_path = slots.profile_path(args.root)
+        active = slots.active_model(args.root)
+        report = run_health_check(active.bundle_dir, profile_path, load_profile(profile_path).health_timeout_s,
+                                  active.plan.artifact.label)
         print(("ok: " if report.ok else "FAILED: ") + report.reason)
         return 0 if report.ok else 1
 
-    st = installer.status(args.root)
+    st = slots.status(args.root)
     if args.json:
         print(json.dumps(st.to_dict(), indent=2, sort_keys=True))
         return 0
@@ -59,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
             "empty" if not slot.present else "unreadable")
         print(f"slot {slot.name}       {what}{f'  [{role}]' if role else ''}")
     print(f"last good    v{st.last_good_version}" if st.last_good_version else "last good    -")
+    if st.runs:
+        print(f"runs         {st.runs['backend']} {st.runs['artifact']} ({st.runs['reason']})")
     for note in st.notes:
         print(f"note: {note}")
     if st.history:

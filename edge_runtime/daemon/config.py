@@ -172,8 +172,10 @@ class ModelConfig(StrictModel):
                                       "are unpacked into state_dir/bundles and last until a restart")
     root: ConfigPath | None = Field(default=None, description="a device root provisioned with `edgessl device`: the "
                                     "active slot's bundle is loaded and uploads go through the A/B installer")
-    backend: str = Field(default="onnxruntime", description="inference backend (see edgessl.edge_runtime.inference.backends)")
-    precision: str = Field(default="fp32", description="which of the bundle's artifacts to run: fp32, fp16 or int8")
+    backend: str | None = Field(default=None, description="inference backend (onnxruntime, openvino, tensorrt); "
+                                "default: with model.root what the device's health check verified, else onnxruntime")
+    precision: Literal["fp32", "fp16", "int8"] | None = Field(default=None, description=(
+        "which of the bundle's artifacts to run; default: with model.root what the health check verified, else fp32"))
     threads: int | None = Field(default=None, ge=1, le=256, description="inference threads (null: the backend's choice)")
 
     @model_validator(mode="after")

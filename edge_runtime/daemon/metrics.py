@@ -71,13 +71,14 @@ class Metrics:
         self.gallery_exemplars = Gauge("edgessl_gallery_exemplars", "enrolled exemplars (positive and negative)",
                                        registry=r)
         self.model_version = Gauge("edgessl_model_version", "version of the running model", registry=r)
-        self.model_info = Gauge("edgessl_model_info", "1 for the running model", ["name", "version", "fingerprint"],
+        self.model_info = Gauge("edgessl_model_info", "1 for the running model", ["name", "version", "fingerprint", "backend", "artifact", "precision"],
                                 registry=r)
         self.model_reloads = Counter("edgessl_model_reloads", "models loaded while running", registry=r)
 
-    def set_model(self, name: str, version: int, fingerprint: str) -> None:
+    def set_model(self, name: str, version: int, fingerprint: str, backend: str, artifact: str,
+                  precision: str) -> None:
         self.model_info.clear()
-        self.model_info.labels(name, str(version), fingerprint[:12]).set(1)
+        self.model_info.labels(name, str(version), fingerprint[:12], backend, artifact, precision).set(1)
         self.model_version.set(version)
 
     def render(self) -> bytes:

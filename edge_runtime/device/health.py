@@ -2,8 +2,8 @@
 
     python -m edgessl.edge_runtime.device.health BUNDLE_DIR --profile NAME_OR_TOML [--json]
 
-It verifies the file hashes, picks the profile's first backend that is installed and for
-which the bundle has an artifact (trying the profile's precisions in order), loads the
+It verifies the file hashes, takes the artifact that `device.selection` chooses for the
+profile (or the one named with --artifact: the installer tries the candidates in turn), loads the
 model (a TensorRT backend builds its engine here, at flash time), embeds the golden inputs
 and checks: no NaN/inf, centred cosine to the golden fp32 embeddings at least the profile's
 threshold for that precision, median latency per image within the profile's budget, and
@@ -14,7 +14,6 @@ may crash or hang the runtime: the installer survives that and rolls back.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import resource
@@ -28,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from edgessl.edge_runtime.bundle.manifest import Artifact, Bundle, load_bundle
+from edgessl.edge_runtime.bundle.manifest import load_bundle
 from edgessl.edge_runtime.device.profiles import DeviceProfile, resolve_profile
-from edgessl.edge_runtime.inference.backends import BACKENDS, backend_class, load_backend
-from edgessl.edge_runtime.inference.parity import cosine_rows
+from edgessl.edge_runtime.device.selection import choose
+from edgessl.edge_runtime.inference.backends import load_backend
+from edgessl.edge_runtime.inference.parity import golden_agreement, passes
 from edgessl.errors import EdgesslError
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ class HealthReport:
     reason: str  # what failed, or a one-line summary when ok
     backend: str | None = None
     precision: str | None = None
-    artifact: str | None = None
+    artifact: str | None = None  # the artifact's file
+    label: str | None = None  # the artifact's name, e.g. onnx-int8
     min_cosine: float | None = None  # lowest cosine to the golden embeddings over the golden inputs
     threshold: float | None = None
     latency_ms: float | None = None  # median per image, batch of 1
@@ -68,78 +69,30 @@ class HealthError(EdgesslError):
     """The bundle cannot run on this device, or runs badly."""
 
 
-# The Python packages each backend's runtime needs; a backend class may instead define
-# `unavailable() -> str | None` (None: usable here; else why not).
-RUNTIME_MODULES: dict[str, tuple[str, ...]] = {
-    "onnxruntime": ("onnxruntime",),
-    "openvino": ("openvino",),
-    "tensorrt": ("tensorrt", "cuda"),
-}
-
-
-def backend_unavailable(name: str) -> str | None:
-    """Why backend `name` cannot run here (unregistered, runtime not installed), or None."""
-    if name not in BACKENDS:
-        return f"not a registered backend (registered: {', '.join(sorted(BACKENDS))})"
-    try:
-        cls = backend_class(name)
-    except ImportError as exc:
-        return f"not installed ({exc})"
-    probe = getattr(cls, "unavailable", None)
-    if callable(probe):
-        why = probe()
-        return None if why is None else str(why)
-    for module in RUNTIME_MODULES.get(name, ()):
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            return f"not installed (no Python package {module!r})"
-    return None
-
-
-def choose_artifact(bundle: Bundle, profile: DeviceProfile) -> tuple[str, Artifact, list[str]]:
-    """(backend, artifact, why earlier preferences were skipped) for the first backend of the
-    profile that is installed here and for which the bundle has an artifact: the artifact
-    export chose for this profile (manifest `defaults`) when it is one of that backend's,
-    else the first of the profile's precisions that the bundle has."""
-    skipped: list[str] = []
-    manifest = bundle.manifest
-    have = ", ".join(f"{a.format}/{a.precision}" for a in manifest.artifacts)
-    for name in profile.backends:
-        why = backend_unavailable(name)
-        if why is not None:
-            skipped.append(f"{name}: {why}")
-            continue
-        fmt = backend_class(name).artifact_format
-        default = manifest.defaults.get(profile.name)
-        chosen = next((a for a in manifest.artifacts if a.label == default and a.format == fmt), None)
-        for precision in profile.precisions:
-            chosen = chosen or next((a for a in manifest.artifacts if a.format == fmt and a.precision == precision), None)
-        if chosen is not None:
-            return name, chosen, skipped
-        skipped.append(f"{name}: the bundle has no {fmt} artifact in {'/'.join(profile.precisions)} (it has {have})")
-    raise HealthError(f"no usable backend for profile {profile.name!r}: " + "; ".join(skipped))
-
-
 def _fail(reason: str, **known: Any) -> HealthReport:
     return HealthReport(ok=False, reason=reason, **known)
 
 
-def check_bundle(bundle_dir: str | Path, profile: DeviceProfile, *, measure_memory: bool = False) -> HealthReport:
+def check_bundle(bundle_dir: str | Path, profile: DeviceProfile, *, measure_memory: bool = False,
+                 artifact_label: str | None = None) -> HealthReport:
     """Run the health check in this process and return its report (model problems are
-    reported, not raised). `measure_memory` only makes sense in a process of its own."""
+    reported, not raised). `measure_memory` only makes sense in a process of its own.
+    `artifact_label`: check this artifact (one of the profile's candidates) instead of the first."""
     try:
         bundle = load_bundle(bundle_dir)
-        backend_name, artifact, skipped = choose_artifact(bundle, profile)
+        plan = choose(bundle.manifest, profile)
+        if artifact_label is not None and plan.artifact.label != artifact_label:
+            others = [a.label for a in bundle.manifest.artifacts if a.label != artifact_label]
+            plan = choose(bundle.manifest, profile, exclude=others)
     except EdgesslError as exc:
         return _fail(str(exc))
     manifest = bundle.manifest
+    backend_name, artifact = plan.backend, plan.artifact
     threshold = profile.min_cosine.for_precision(artifact.precision)
     known: dict[str, Any] = dict(backend=backend_name, precision=artifact.precision, artifact=artifact.file,
-                                 threshold=threshold, latency_budget_ms=profile.latency_budget_ms,
-                                 memory_budget_mb=profile.memory_budget_mb, skipped=tuple(skipped))
+                                 label=artifact.label, threshold=threshold,
+                                 latency_budget_ms=profile.latency_budget_ms,
+                                 memory_budget_mb=profile.memory_budget_mb, skipped=plan.skipped)
     try:
         golden = np.load(bundle.path(manifest.golden), allow_pickle=False)
         inputs = np.asarray(golden["inputs"], np.float32)
@@ -155,9 +108,8 @@ def check_bundle(bundle_dir: str | Path, profile: DeviceProfile, *, measure_memo
     if center.shape != (dim,):
         return _fail(f"centre vector has shape {center.shape}; expected ({dim},)", **known)
 
-    options = profile.backend_options.get(backend_name, {})
     try:
-        model = load_backend(backend_name, bundle.path(artifact.file), threads=profile.threads, **options)
+        model = load_backend(backend_name, bundle.path(artifact.file), threads=plan.threads, **plan.options)
         try:
             batched = model.embed(inputs)
             single = [model.embed(inputs[i:i + 1]) for i in range(len(inputs))]
@@ -181,14 +133,12 @@ def check_bundle(bundle_dir: str | Path, profile: DeviceProfile, *, measure_memo
                      **known)
     if not all(np.isfinite(o).all() for o in outputs):
         return _fail("model produced NaN or infinite embeddings on the golden inputs", **known)
-    # Centred cosine, the quantity the classifier compares: raw embeddings share a large common
-    # component (ReLU + pooling), so even a model with other weights can score 0.98 raw.
-    ref = (expected - center).astype(np.float64)
-    min_cos = float(min(cosine_rows((o - center).astype(np.float64), ref).min() for o in outputs))
+    # The one parity definition (inference/parity.py): lowest centred cosine over the golden set.
+    min_cos = min(golden_agreement(expected, o, center) for o in outputs)
     latency = float(np.median(times))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if measure_memory else None  # KiB on Linux
     known.update(min_cosine=min_cos, latency_ms=latency, peak_rss_mb=peak)
-    if not min_cos >= threshold:
+    if not passes(min_cos, threshold):
         return _fail(f"golden embeddings do not match: min cosine {min_cos:.4f} < {threshold} "
                      f"({artifact.precision} threshold) with {backend_name}", **known)
     if latency > profile.latency_budget_ms:
@@ -202,10 +152,12 @@ def check_bundle(bundle_dir: str | Path, profile: DeviceProfile, *, measure_memo
     return HealthReport(ok=True, reason=summary, **known)
 
 
-def run_health_check(bundle_dir: str | Path, profile: str | Path, timeout_s: float) -> HealthReport:
+def run_health_check(bundle_dir: str | Path, profile: str | Path, timeout_s: float,
+                     artifact_label: str | None = None) -> HealthReport:
     """Run the health check in a child process (this module's `main`) and return its report.
     A crash, a hang past `timeout_s` or garbage output is a failed check, never an exception."""
-    cmd = [sys.executable, "-m", "edgessl.edge_runtime.device.health", str(bundle_dir), "--profile", str(profile), "--json"]
+    cmd = [sys.executable, "-m", "edgessl.edge_runtime.device.health", str(bundle_dir), "--profile", str(profile),
+           "--json", *(["--artifact", artifact_label] if artifact_label else [])]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -225,12 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgessl.edge_runtime.device.health", description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", type=Path, help="bundle directory (e.g. a device slot)")
     parser.add_argument("--profile", required=True, help="device profile: a built-in name or a .toml file")
+    parser.add_argument("--artifact", default=None, metavar="LABEL",
+                        help="check this artifact (e.g. onnx-int8) instead of the profile's first choice")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON line")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
         profile, _ = resolve_profile(args.profile)
-        report = check_bundle(args.bundle, profile, measure_memory=True)
+        report = check_bundle(args.bundle, profile, measure_memory=True, artifact_label=args.artifact)
     except EdgesslError as exc:
         report = _fail(str(exc))
     except Exception as exc:  # report anything else too: the installer shows the reason

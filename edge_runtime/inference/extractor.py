@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from edgessl.edge_runtime.bundle.manifest import Bundle, PreprocessSpec
+from edgessl.edge_runtime.bundle.manifest import Artifact, Bundle, PreprocessSpec
 from edgessl.edge_runtime.inference.backends import Backend, backend_class, load_backend
 from edgessl.edge_runtime.inference.preprocess import preprocess
 from edgessl.errors import BackendError, BundleError
+
+if TYPE_CHECKING:
+    from edgessl.edge_runtime.device.selection import RunPlan
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,8 @@ class FeatureExtractor:
         self.center = center.astype(np.float32)
         self.fingerprint = fingerprint
         self.embedding_dim = embedding_dim
+        self.backend_name: str | None = None  # set by load(): what runs, for /v1/model and /metrics
+        self.artifact: Artifact | None = None
         # One dummy frame checks that the model really produces embedding_dim features.
         probe = self.backend.embed(np.zeros((1, 3, *spec.input_size), np.float32))
         if probe.shape != (1, embedding_dim):
@@ -42,9 +47,19 @@ class FeatureExtractor:
         cls, bundle: Bundle, backend: str = "onnxruntime", threads: int | None = None,
         precision: str = "fp32", **options: Any,
     ) -> FeatureExtractor:
-        """Load the bundle's artifact for `backend` (a name from backends.BACKENDS)."""
+        """Load the bundle's `precision` artifact for `backend` (a name from backends.BACKENDS)."""
+        artifact = bundle.manifest.artifact(backend_class(backend).artifact_format, precision)
+        return cls.load(bundle, backend, artifact, threads=threads, **options)
+
+    @classmethod
+    def from_plan(cls, bundle: Bundle, plan: RunPlan) -> FeatureExtractor:
+        """Load what `device.selection` chose for this device."""
+        return cls.load(bundle, plan.backend, plan.artifact, threads=plan.threads, **plan.options)
+
+    @classmethod
+    def load(cls, bundle: Bundle, backend: str, artifact: Artifact, *, threads: int | None = None,
+             **options: Any) -> FeatureExtractor:
         manifest = bundle.manifest
-        artifact = manifest.artifact(backend_class(backend).artifact_format, precision)
         try:
             center = np.load(bundle.path(manifest.center), allow_pickle=False)
         except (OSError, ValueError) as exc:
@@ -56,8 +71,9 @@ class FeatureExtractor:
         except BaseException:
             model.close()
             raise
-        log.info("model %s v%d (%s/%s on %s), %d-d embeddings", manifest.model.name, manifest.model.version,
-                 artifact.format, artifact.precision, backend, manifest.embedding_dim)
+        extractor.backend_name, extractor.artifact = backend, artifact
+        log.info("model %s v%d (%s on %s), %d-d embeddings", manifest.model.name, manifest.model.version,
+                 artifact.label, backend, manifest.embedding_dim)
         return extractor
 
     def embed(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:

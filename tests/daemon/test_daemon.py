@@ -30,8 +30,8 @@ def test_each_region_is_classified_on_its_own(tmp_path, tiny_bundle, start_daemo
            "regions": [{"name": "left", "width": 0.5}, {"name": "right", "x": 0.5, "width": 0.5}]}
     events = []
     daemon = start_daemon(make_config(tmp_path, tiny_bundle, [cam]), extra_sinks={"t": events.append})
-    daemon.enroll_images("red", [textured(RED, i) for i in range(3)])
-    daemon.enroll_images("blue", [textured(BLUE, i) for i in range(3)])
+    daemon.enrollment.enroll_images("red", [textured(RED, i) for i in range(3)])
+    daemon.enrollment.enroll_images("blue", [textured(BLUE, i) for i in range(3)])
     wait_for(lambda: {(s["region"], s["label"]) for s in daemon.states()} == {("left", "red"), ("right", "blue")},
              20, "left red and right blue")
     assert {(e.region, e.label) for e in events} >= {("left", "red"), ("right", "blue")}
@@ -91,7 +91,7 @@ def test_http_mjpeg_camera(tmp_path, tiny_bundle, start_daemon):
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/stream.mjpg"
         daemon = start_daemon(make_config(tmp_path, tiny_bundle, [{"id": "web", "url": url}]))
-        daemon.enroll_images("green", [textured(GREEN, i) for i in range(3)])
+        daemon.enrollment.enroll_images("green", [textured(GREEN, i) for i in range(3)])
         wait_for(lambda: daemon.states()[0]["label"] == "green", 20, "green from the MJPEG stream")
         assert daemon.streams["web"].config.kind == "http"
     finally:

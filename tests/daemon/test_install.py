@@ -48,7 +48,7 @@ def daemon_on_device(tmp_path, device: Device, clips, monkeypatch) -> Iterator[D
     config = make_config(tmp_path, device.v1, [{"id": "cam", "url": str(clips["red"]), "loop": True}],
                          model={"root": str(device.root), "threads": 1}, api={"port": 0})
     with Daemon(config) as daemon:
-        daemon.enroll_images("red", [textured(RED, i) for i in range(3)])
+        daemon.enrollment.enroll_images("red", [textured(RED, i) for i in range(3)])
         wait_for(lambda: daemon.states()[0]["label"] == "red", 15, "red before the update")
         yield daemon
 

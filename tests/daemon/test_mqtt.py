@@ -21,7 +21,7 @@ def test_state_events_availability_and_reconnection(tmp_path, tiny_bundle, clips
                                              "client_id": "daemon-under-test", "reconnect_max_s": 1}})
         daemon = start_daemon(config)
         wait_for(lambda: "online" in [p for p, _ in sub.on(available)], 10, "online on the availability topic")
-        daemon.enroll_images("red", [textured(RED, i) for i in range(4)])
+        daemon.enrollment.enroll_images("red", [textured(RED, i) for i in range(4)])
         wait_for(lambda: any(json.loads(p)["label"] == "red" for p, _ in sub.on(events)), 20, "the red event")
         event = next(json.loads(p) for p, _ in sub.on(events) if json.loads(p)["label"] == "red")
         assert (event["camera"], event["region"], event["device"]) == ("cam", "full", DEVICE)

@@ -134,7 +134,7 @@ def test_daemon_keeps_delivering_when_one_sink_fails(tmp_path, tiny_bundle, clip
     config = make_config(tmp_path, tiny_bundle, [{"id": "cam", "url": str(clips["red"]), "loop": True}],
                          sinks={"jsonl": {"path": str(tmp_path / "events.jsonl")}})
     daemon = start_daemon(config, extra_sinks={"broken": broken, "good": good.append})
-    daemon.enroll_images("red", [textured(RED, i) for i in range(4)])
+    daemon.enrollment.enroll_images("red", [textured(RED, i) for i in range(4)])
     wait_for(lambda: any(e.label == "red" for e in good), 20, "the 'red' event in the good sink")
     wait_for(lambda: '"label": "red"' in (tmp_path / "events.jsonl").read_text(), 10, "the event in the JSONL file")
     status = daemon.sink_status()

@@ -97,7 +97,7 @@ def test_missing_cameras_do_not_stop_the_others(tmp_path, tiny_bundle, clips, st
     ]
     events = []
     daemon = start_daemon(make_config(tmp_path, tiny_bundle, cameras), extra_sinks={"t": events.append})
-    daemon.enroll_images("red", [textured(RED, i) for i in range(3)])
+    daemon.enrollment.enroll_images("red", [textured(RED, i) for i in range(3)])
     wait_for(lambda: any(e.camera == "good" and e.label == "red" for e in events), 20, "red on the good camera")
     health = daemon.health()
     assert health["status"] == "degraded"

@@ -20,7 +20,7 @@ import pytest
 
 from edgessl.devices.keys import KeyPair, generate_keypair, sign_bundle
 from edgessl.edge_runtime.bundle.manifest import file_entry, read_manifest, write_manifest
-from edgessl.edge_runtime.device.installer import init_device
+from edgessl.edge_runtime.device.slots import init_device
 
 _spec = importlib.util.spec_from_file_location("_edgessl_tests_root_conftest", Path(__file__).parents[1] / "conftest.py")
 assert _spec is not None and _spec.loader is not None

@@ -15,8 +15,9 @@ import pytest
 
 from edgessl.devices.keys import sign_bundle
 from edgessl.edge_runtime.device.health import check_bundle
-from edgessl.edge_runtime.device.installer import active_bundle, init_device, install, status
+from edgessl.edge_runtime.device.installer import install
 from edgessl.edge_runtime.device.profiles import load_profile
+from edgessl.edge_runtime.device.slots import active_bundle, init_device, status
 from edgessl.errors import InstallError
 
 

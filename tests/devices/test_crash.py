@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from edgessl.edge_runtime.bundle.manifest import load_bundle
-from edgessl.edge_runtime.device.health import check_bundle
-from edgessl.edge_runtime.device.installer import active_bundle, install, status
-from edgessl.edge_runtime.device.profiles import load_profile
 from edgessl.edge_runtime.bundle.signing import load_trusted_keys, verify_bundle_dir
+from edgessl.edge_runtime.device.health import check_bundle
+from edgessl.edge_runtime.device.installer import install
+from edgessl.edge_runtime.device.profiles import load_profile
+from edgessl.edge_runtime.device.slots import active_bundle, status
 
 ROUNDS = int(os.environ.get("EDGESSL_CRASH_INSTALLS", "50"))
 TIMED = 3  # complete installs whose median is T

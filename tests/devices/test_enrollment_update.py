@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from edgessl.edge_runtime.bundle.manifest import load_bundle
+from edgessl.edge_runtime.device.installer import install
+from edgessl.edge_runtime.device.slots import active_bundle
 from edgessl.edge_runtime.fewshot.classifier import FewShotClassifier
-from edgessl.edge_runtime.inference.extractor import FeatureExtractor
 from edgessl.edge_runtime.fewshot.gallery import Gallery
-from edgessl.edge_runtime.device.installer import active_bundle, install
+from edgessl.edge_runtime.inference.extractor import FeatureExtractor
 
 COLORS = {"red": (30, 30, 200), "green": (30, 200, 30), "blue": (200, 30, 30)}  # BGR
 PER_CLASS = 4

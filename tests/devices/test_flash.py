@@ -19,7 +19,8 @@ import pytest
 
 from edgessl.cli import main
 from edgessl.devices.flash import FlashError, flash_fleet, flash_one, load_fleet, pack_bundle, push
-from edgessl.edge_runtime.device.installer import install, status
+from edgessl.edge_runtime.device.installer import install
+from edgessl.edge_runtime.device.slots import status
 from edgessl.errors import InstallError
 
 TOKEN = "s3cret-token"
@@ -161,7 +162,7 @@ def test_fleet_canary_then_concurrent(device_root, daemon, signed_bundle, tmp_pa
 def test_fleet_stops_on_first_failure(device_root, signed_bundle, other_keypair, tmp_path):
     good = [device_root(f"good{i}") for i in range(3)]
     stranger = tmp_path / "stranger"  # trusts another key: refuses our bundle
-    from edgessl.edge_runtime.device.installer import init_device
+    from edgessl.edge_runtime.device.slots import init_device
     init_device(stranger, tmp_path / "test-cpu.toml", [other_keypair.public])
     devices = [("good0", str(good[0])), ("stranger", str(stranger)), ("good1", str(good[1])), ("good2", str(good[2]))]
     fleet = load_fleet(_fleet_file(tmp_path / "fleet.toml", devices, workers=1))

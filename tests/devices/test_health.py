@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from edgessl.edge_runtime.bundle.manifest import load_bundle
-from edgessl.edge_runtime.device.health import HealthError, check_bundle, choose_artifact, run_health_check
-from edgessl.edge_runtime.device.installer import active_bundle, install, status
+from edgessl.edge_runtime.device.health import check_bundle, run_health_check
+from edgessl.edge_runtime.device.selection import SelectionError, choose
+from edgessl.edge_runtime.device.installer import install
 from edgessl.edge_runtime.device.profiles import load_profile
+from edgessl.edge_runtime.device.slots import active_bundle, status
 from edgessl.errors import InstallError
 
 
@@ -54,7 +56,8 @@ def test_bad_model_is_rolled_back(kind, v1_device, signed_bundle, helpers):
     else:
         assert "health check failed: model produced NaN or infinite embeddings" in message
     assert message.endswith("slot a stays active")
-    assert failed.value.result.steps[-1].startswith("extracted 3 files")
+    steps = failed.value.result.steps
+    assert steps[-2].startswith("extracted 3 files") and steps[-1].startswith("onnx-fp32 failed its health check")
     _assert_v1_still_serves(root, helpers, before)
 
 
@@ -102,15 +105,16 @@ def test_backend_preference(tiny_bundle, tmp_path, helpers):
     """The first backend that is installed and has an artifact; clear reasons for the others."""
     profile = load_profile(helpers.write_profile(tmp_path / "p.toml", backends='["tensorrt", "openvino", "onnxruntime"]',
                                                  precisions='["int8", "fp32"]'))
-    backend, artifact, skipped = choose_artifact(load_bundle(tiny_bundle), profile)
-    assert (backend, artifact.format, artifact.precision) == ("onnxruntime", "onnx", "fp32")
+    plan = choose(load_bundle(tiny_bundle).manifest, profile)
+    assert (plan.backend, plan.artifact.format, plan.precision) == ("onnxruntime", "onnx", "fp32")
+    skipped = plan.skipped
     assert len(skipped) == 2 and skipped[0].startswith("tensorrt: ") and skipped[1].startswith("openvino: ")
     assert "the bundle has no openvino artifact in int8/fp32 (it has onnx/fp32)" in skipped[1]
 
     none = load_profile(helpers.write_profile(tmp_path / "n.toml", backends='["openvino", "no-such-backend"]'))
-    with pytest.raises(HealthError, match=r"no usable backend for profile 'test-cpu': openvino: the bundle has no "
+    with pytest.raises(SelectionError, match=r"no usable backend for profile 'test-cpu': openvino: the bundle has no "
                                           r"openvino artifact.*no-such-backend: not a registered backend"):
-        choose_artifact(load_bundle(tiny_bundle), none)
+        choose(load_bundle(tiny_bundle).manifest, none)
     report = check_bundle(tiny_bundle, none)
     assert not report.ok and report.reason.startswith("no usable backend")
 

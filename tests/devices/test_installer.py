@@ -11,15 +11,8 @@ import sys
 import pytest
 
 from edgessl.cli import main
-from edgessl.edge_runtime.device.installer import (
-    InstallResult,
-    active_bundle,
-    active_model,
-    init_device,
-    install,
-    rollback,
-    status,
-)
+from edgessl.edge_runtime.device.installer import InstallResult, install, rollback
+from edgessl.edge_runtime.device.slots import active_bundle, active_model, init_device, status
 from edgessl.errors import EdgesslError, InstallError
 
 
@@ -83,8 +76,10 @@ def test_result_and_tar_with_top_folder(device_root, signed_bundle, helpers, tmp
     json.dumps(result.to_dict())
     assert helpers.tree_hashes(root / "slots" / "a") == helpers.tree_hashes(bundle)
     model = active_model(root)
-    assert (model.bundle_dir, model.backend, model.precision, model.artifact, model.threads) == (
+    plan = model.plan
+    assert (model.bundle_dir, plan.backend, plan.precision, plan.artifact.file, plan.threads) == (
         root / "slots" / "a", "onnxruntime", "fp32", "model.onnx", 1)
+    assert "verified by the health check" in plan.reason  # what the install's health check passed
 
 
 def test_recovers_from_interrupted_switch(device_root, signed_bundle):

@@ -9,8 +9,8 @@ import pytest
 from edgessl.cli import main
 from edgessl.devices.catalog import all_profiles, get_profile, profile_names
 from edgessl.devices.keys import generate_keypair, load_private_key, sign_bundle
-from edgessl.edge_runtime.device.profiles import DeviceProfile, load_profile
 from edgessl.edge_runtime.bundle.signing import load_public_key, load_trusted_keys, verify_bundle_dir
+from edgessl.edge_runtime.device.profiles import DeviceProfile, load_profile
 from edgessl.errors import EdgesslError, SignatureError
 
 EXPECTED = {  # name: (first backend, first precision, arch)

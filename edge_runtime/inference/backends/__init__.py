@@ -1,17 +1,24 @@
 """Inference backends: one file each, chosen by name from one explicit table.
 
-A backend turns a float32 NCHW batch into (N, D) float32 embeddings. Its module is imported
-only when it is used, so a device needs only the runtime of the backend it runs.
+A backend turns a float32 NCHW batch into (N, D) float32 embeddings. Each file declares its
+`name`, the artifact format it runs, the Python packages its runtime needs (`requires`) and a
+pydantic `Options` model (with a `type` discriminator) for its keyword options. A backend's
+module imports its runtime only when a model is loaded, so listing the registry is cheap and
+a device needs only the runtime of the backend it runs.
+
+Adding a backend: one file in this folder and one line in `BACKENDS`.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import numpy as np
 
+from edgessl.edge_runtime.schema import StrictModel
 from edgessl.errors import BackendError
 
 # name -> "module:Class". A new backend is one file in this folder and one line here.
@@ -28,7 +35,10 @@ class Backend(Protocol):
 
     Constructor: `Backend(model_path: Path, *, threads: int | None, **options)`."""
 
+    name: ClassVar[str]  # the key in BACKENDS
     artifact_format: ClassVar[str]  # the bundle artifact format it runs, e.g. "onnx"
+    requires: ClassVar[tuple[str, ...]]  # Python packages (import names) its runtime needs
+    Options: ClassVar[type[StrictModel]]  # its keyword options, with `type: Literal[name]`
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, 3, H, W) -> float32 (N, D)."""
@@ -56,6 +66,36 @@ def backend_class(name: str) -> type[Backend]:
     return cls
 
 
+def backend_unavailable(name: str) -> str | None:
+    """Why backend `name` cannot run here (unregistered, runtime not installed), or None."""
+    if name not in BACKENDS:
+        return f"not a registered backend (registered: {', '.join(sorted(BACKENDS))})"
+    cls = backend_class(name)
+    for module in cls.requires:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return f"not installed (no Python package {module!r})"
+    probe = getattr(cls, "unavailable", None)  # e.g. TensorRT: is there a GPU?
+    return probe() if callable(probe) else None
+
+
+def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """`options` validated by the backend's Options model (BackendError naming the bad key)."""
+    from pydantic import ValidationError
+
+    cls = backend_class(name)
+    try:
+        parsed = cls.Options.model_validate({"type": name, **options})
+    except ValidationError as exc:
+        raise BackendError(f"options of backend {name!r}: {exc.errors(include_url=False)[0]['msg']} "
+                           f"({', '.join(str(p) for p in exc.errors()[0]['loc'])}); valid options: "
+                           f"{', '.join(k for k in cls.Options.model_fields if k != 'type') or '(none)'}") from None
+    return parsed.model_dump(exclude={"type"}, exclude_unset=True)
+
+
 def backend_for(artifact_format: str) -> str:
     """The name of the backend that runs artifacts of `artifact_format` (onnx, openvino, tensorrt)."""
     for name in BACKENDS:
@@ -68,7 +108,7 @@ def load_backend(name: str, model_path: str | Path, *, threads: int | None = Non
     """Load `model_path` with the backend called `name` (see BACKENDS for the valid names)."""
     if threads is not None and threads < 1:
         raise BackendError(f"threads must be a positive number (or None for the backend's default), got {threads}")
-    return backend_class(name)(Path(model_path), threads=threads, **options)  # type: ignore[call-arg]
+    return backend_class(name)(Path(model_path), threads=threads, **check_options(name, options))  # type: ignore[call-arg]
 
 
 def check_batch(batch: np.ndarray) -> np.ndarray:

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from edgessl.edge_runtime.inference.backends import Backend, check_batch
+from edgessl.edge_runtime.schema import StrictModel
 from edgessl.errors import BackendError
 
 log = logging.getLogger(__name__)
 
 
+class OpenVinoOptions(StrictModel):
+    type: Literal["openvino"] = "openvino"
+    device: str = "CPU"
+    hint: Literal["LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"] = "LATENCY"
+    inference_precision: Literal["f32", "bf16", "f16"] = "f32"
+
+
 class OpenVinoBackend(Backend):
+    name: ClassVar[str] = "openvino"
     artifact_format: ClassVar[str] = "openvino"
+    requires: ClassVar[tuple[str, ...]] = ("openvino",)
+    Options: ClassVar[type[StrictModel]] = OpenVinoOptions
 
     def __init__(self, model_path: Path, *, threads: int | None = None, device: str = "CPU",
                  hint: str = "LATENCY", inference_precision: str = "f32") -> None:

@@ -10,20 +10,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-import onnxruntime as ort
 
 from edgessl.edge_runtime.bundle.manifest import check_external_data
 from edgessl.edge_runtime.inference.backends import Backend, check_batch
+from edgessl.edge_runtime.schema import StrictModel
 from edgessl.errors import BackendError, BundleError
 
 log = logging.getLogger(__name__)
 
 
+class OnnxRuntimeOptions(StrictModel):
+    type: Literal["onnxruntime"] = "onnxruntime"
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+
 class OnnxRuntimeBackend(Backend):
+    name: ClassVar[str] = "onnxruntime"
     artifact_format: ClassVar[str] = "onnx"
+    requires: ClassVar[tuple[str, ...]] = ("onnxruntime",)
+    Options: ClassVar[type[StrictModel]] = OnnxRuntimeOptions
 
     def __init__(
         self,
@@ -32,6 +40,8 @@ class OnnxRuntimeBackend(Backend):
         threads: int | None = None,
         providers: Sequence[str] = ("CPUExecutionProvider",),
     ) -> None:
+        import onnxruntime as ort
+
         available = ort.get_available_providers()
         unknown = [p for p in providers if p not in available]
         if unknown:
@@ -47,7 +57,7 @@ class OnnxRuntimeBackend(Backend):
         if threads is not None:
             options.intra_op_num_threads = threads
         try:
-            self._session: ort.InferenceSession | None = ort.InferenceSession(
+            self._session: Any = ort.InferenceSession(
                 str(model_path), sess_options=options, providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own exception types for bad models
             raise BackendError(f"{model_path}: ONNX Runtime cannot load the model: {exc}") from exc

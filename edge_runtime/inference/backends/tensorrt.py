@@ -15,12 +15,13 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from edgessl.edge_runtime.bundle.manifest import check_external_data
 from edgessl.edge_runtime.inference.backends import Backend, check_batch
+from edgessl.edge_runtime.schema import StrictModel
 from edgessl.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,27 @@ def _write_atomically(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+class TensorRtOptions(StrictModel):
+    type: Literal["tensorrt"] = "tensorrt"
+    max_batch: int = 8
+    cache_dir: Path | None = None
+
+
+def gpu_available() -> bool:
+    """Whether TensorRT and an NVIDIA GPU are usable here (engines can be built and run)."""
+    try:
+        _, cudart = _imports()
+        err, count = cudart.cudaGetDeviceCount()
+        return int(err) == 0 and count > 0
+    except Exception:
+        return False
+
+
 class TensorRtBackend(Backend):
+    name: ClassVar[str] = "tensorrt"
     artifact_format: ClassVar[str] = "tensorrt"
+    requires: ClassVar[tuple[str, ...]] = ("tensorrt", "cuda")
+    Options: ClassVar[type[StrictModel]] = TensorRtOptions
 
     def __init__(self, model_path: Path, *, threads: int | None = None, max_batch: int = 8,
                  cache_dir: Path | None = None) -> None:

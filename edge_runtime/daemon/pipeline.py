@@ -1,0 +1,169 @@
+"""The frame path inside the daemon, one pass at a time.
+
+    newest frame of each camera -> region crops -> embeddings (one backend batch of at most
+    `inference.max_batch` crops) -> score per enrolled class -> smoothed label per region ->
+    an Event for each label that changed
+
+`Pipeline.step` returns one `Batch`: every crop of the pass with its camera, region, frame,
+scores and decision, shape-checked like supervision's `Detections`, so observers (the
+benchmark, tests, later stages such as a novelty sampler or a drift statistic) get one value
+instead of parallel lists.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgessl.edge_runtime.daemon.config import DaemonConfig, RegionConfig
+from edgessl.edge_runtime.daemon.metrics import Metrics
+from edgessl.edge_runtime.daemon.sinks import Event, iso
+from edgessl.edge_runtime.daemon.smoothing import Decision, Smoother
+from edgessl.edge_runtime.daemon.streams import CameraStream, CapturedFrame
+from edgessl.edge_runtime.fewshot.classifier import FewShotClassifier
+
+
+@dataclass
+class RegionState:
+    camera: str
+    region: str
+    label: str | None = None
+    score: float = 0.0
+    since: float | None = None  # wall clock of the last change
+    proposal: str | None = None
+    capture_time: float | None = None
+    decision_time: float | None = None
+    frame: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"camera": self.camera, "region": self.region, "label": self.label, "score": round(self.score, 4),
+                "since": iso(self.since) if self.since else None, "proposal": self.proposal,
+                "capture_time": iso(self.capture_time) if self.capture_time else None,
+                "decision_time": iso(self.decision_time) if self.decision_time else None,
+                "latency_ms": None if self.capture_time is None or self.decision_time is None
+                else round((self.decision_time - self.capture_time) * 1000, 1),
+                "frame": self.frame}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One pass of the inference loop over N region crops and C enrolled classes."""
+
+    cameras: tuple[str, ...]  # (N,) the camera of each crop
+    regions: tuple[str, ...]  # (N,) its region
+    frames: tuple[int, ...]  # (N,) the frame's sequence number on its camera
+    captured_mono: np.ndarray  # (N,) monotonic time the reader got the frame
+    labels: tuple[str, ...]  # (C,) the classes, the columns of `scores`
+    scores: np.ndarray  # (N, C) score of each crop for each class
+    decisions: tuple[Decision, ...]  # (N,) the smoothed decision of each crop's region
+    decided_mono: float  # when the decisions were made
+    inference_s: float  # embedding + scoring time
+
+    def __post_init__(self) -> None:
+        n = len(self.cameras)
+        if not (len(self.regions) == len(self.frames) == len(self.decisions) == len(self.captured_mono) == n):
+            raise ValueError(f"a batch's per-crop fields must all have {n} entries")
+        if self.scores.shape != (n, len(self.labels)):
+            raise ValueError(f"scores must be ({n}, {len(self.labels)}), got {self.scores.shape}")
+
+    def __len__(self) -> int:
+        return len(self.cameras)
+
+    @property
+    def crops(self) -> int:
+        return len(self)
+
+    @property
+    def latencies(self) -> np.ndarray:
+        """(N,) seconds from capture to decision."""
+        return self.decided_mono - self.captured_mono
+
+
+def crop(image: np.ndarray, region: RegionConfig) -> np.ndarray:
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = region.box(w, h)
+    return image[y0:y1, x0:x1]
+
+
+class Pipeline:
+    """Region states and smoothers of every camera region; `step` runs one pass."""
+
+    def __init__(self, config: DaemonConfig, streams: dict[str, CameraStream], metrics: Metrics,
+                 emit: Callable[[Event], None]) -> None:
+        self.config = config
+        self.streams = streams
+        self.metrics = metrics
+        self._emit = emit
+        self._lock = threading.Lock()
+        self._regions: dict[tuple[str, str], RegionState] = {
+            (cid, r.name): RegionState(cid, r.name) for cid, s in streams.items() for r in s.config.region_list}
+        sm = config.smoothing
+        self._smoothers = {key: Smoother(config.classifier.threshold, sm.alpha, sm.hysteresis, sm.consecutive)
+                           for key in self._regions}
+        self.last_batch: dict[str, Any] = {}
+
+    def collect(self) -> list[CapturedFrame]:
+        """The newest frames, as many per camera as fit one backend batch with all their regions."""
+        streams = list(self.streams.values())
+        per_camera = max(1, self.config.inference.max_batch // max(1, sum(
+            len(s.config.region_list) for s in streams)))
+        frames: list[CapturedFrame] = []
+        for stream in streams:
+            frames += stream.take(per_camera)
+        return frames
+
+    def reset(self) -> None:
+        """A new model: its scores are not comparable with the old one's averages."""
+        for smoother in self._smoothers.values():
+            smoother.reset()
+
+    def step(self, frames: list[CapturedFrame], classifier: FewShotClassifier, model_tag: str) -> Batch:
+        crops: list[np.ndarray] = []
+        owners: list[tuple[CapturedFrame, RegionConfig]] = []
+        for frame in frames:
+            for region in self.streams[frame.camera].config.region_list:
+                crops.append(crop(frame.image, region))
+                owners.append((frame, region))
+        max_batch = self.config.inference.max_batch
+        t0 = time.perf_counter()
+        parts = [classifier.scores(crops[i:i + max_batch], batch_size=max_batch)
+                 for i in range(0, len(crops), max_batch)]
+        labels = tuple(parts[-1].labels) if parts else ()
+        scores = np.concatenate([p.scores for p in parts]) if parts else np.zeros((0, 0), np.float32)
+        took = time.perf_counter() - t0
+        self.metrics.inference_seconds.observe(took)
+        self.metrics.batch_size.observe(len(crops))
+        self.last_batch = {"crops": len(crops), "seconds": round(took, 4), "at": iso(time.time())}
+        decided_at, decided_mono = time.time(), time.monotonic()
+        decisions: list[Decision] = []
+        for (frame, region), row in zip(owners, scores, strict=True):
+            key = (frame.camera, region.name)
+            decision = self._smoothers[key].update(dict(zip(labels, row.tolist(), strict=True)))
+            decisions.append(decision)
+            self.metrics.capture_to_decision.labels(frame.camera).observe(decided_mono - frame.captured_mono)
+            with self._lock:
+                state = self._regions[key]
+                state.label, state.score, state.proposal = decision.label, decision.score, decision.proposal
+                state.capture_time, state.decision_time, state.frame = frame.captured_at, decided_at, frame.seq
+                if decision.changed:
+                    state.since = decided_at
+            if decision.changed and decision.label is not None:
+                self._emit(Event(self.config.device, frame.camera, region.name, decision.label, decision.previous,
+                                 decision.score, frame.captured_at, decided_at, frame.seq, model_tag))
+        return Batch(tuple(f.camera for f, _ in owners), tuple(r.name for _, r in owners),
+                     tuple(f.seq for f, _ in owners), np.array([f.captured_mono for f, _ in owners], np.float64),
+                     labels, scores.reshape(len(owners), len(labels)), tuple(decisions), decided_mono, took)
+
+    def states(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [s.as_dict() for s in self._regions.values()]
+
+    def region_states(self, camera_id: str) -> dict[str, RegionState]:
+        """A copy of the states of one camera's regions, by region name."""
+        with self._lock:
+            return {r: RegionState(**vars(s)) for (c, r), s in self._regions.items() if c == camera_id}
