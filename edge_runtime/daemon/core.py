@@ -37,7 +37,8 @@ import numpy as np
 from edgessl.edge_runtime.bundle.manifest import Bundle, load_bundle
 from edgessl.edge_runtime.daemon.config import DaemonConfig, RegionConfig
 from edgessl.edge_runtime.daemon.metrics import Metrics
-from edgessl.edge_runtime.daemon.sinks import Event, JsonlSink, MqttSink, Sink, SinkRunner, WebhookSink, iso
+from edgessl.edge_runtime.daemon.sinks import Event, Sink, SinkRunner, first_sink, iso, start_sinks
+from edgessl.edge_runtime.daemon.sinks.mqtt import MqttSink
 from edgessl.edge_runtime.daemon.smoothing import Smoother
 from edgessl.edge_runtime.daemon.streams import CameraStream, CapturedFrame, Opener, State, open_capture
 from edgessl.edge_runtime.fewshot.classifier import FewShotClassifier
@@ -538,27 +539,13 @@ class Daemon:
     # -- sinks ------------------------------------------------------------------------------
 
     def _start_sinks(self) -> None:
-        cfg = self.config.sinks
-        sinks: dict[str, Sink] = {}
-        if cfg.mqtt is not None:
-            sinks["mqtt"] = MqttSink(cfg.mqtt, self.device)
-        if cfg.jsonl is not None:
-            sinks["jsonl"] = JsonlSink(cfg.jsonl)
-        for i, hook in enumerate(cfg.webhooks):
-            sinks[f"webhook{i}"] = WebhookSink(hook, self._stop)
-        sinks.update(self._extra_sinks)
-        for name, sink in sinks.items():
-            self._sinks.append(SinkRunner(
-                name, sink, maxsize=cfg.queue_size,
-                on_error=lambda n: self.metrics.sink_errors.labels(n).inc(),
-                on_drop=lambda n: self.metrics.sink_dropped.labels(n).inc()))
+        self._sinks = start_sinks(self.config.sinks, self.device, self._stop, extra=self._extra_sinks,
+                                  on_error=lambda n: self.metrics.sink_errors.labels(n).inc(),
+                                  on_drop=lambda n: self.metrics.sink_dropped.labels(n).inc())
 
     @property
     def mqtt(self) -> MqttSink | None:
-        for runner in self._sinks:
-            if isinstance(runner.sink, MqttSink):
-                return runner.sink
-        return None
+        return first_sink(self._sinks, MqttSink)
 
     def sink_status(self) -> dict[str, dict[str, int]]:
         return {r.name: {"delivered": r.delivered, "errors": r.errors, "dropped": r.dropped} for r in self._sinks}
