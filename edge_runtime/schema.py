@@ -6,8 +6,23 @@ config or manifest read once cannot drift while the daemon runs.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
 
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def resolve_config_path(value: Path, info: ValidationInfo) -> Path:
+    """`value` with `~` expanded, taken from the folder in the validation context's `base_dir`
+    when it is relative (no `base_dir`: left relative)."""
+    base = (info.context or {}).get("base_dir")
+    value = value.expanduser()
+    return value if value.is_absolute() or base is None else Path(base) / value
+
+
+# A path in a config file: relative ones are taken from the config file's folder.
+ConfigPath = Annotated[Path, AfterValidator(resolve_config_path)]

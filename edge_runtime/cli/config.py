@@ -37,9 +37,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{path}: {len(errors)} error{'s' if len(errors) != 1 else ''}", file=sys.stderr)
         return 1
     model = f"bundle {config.model.bundle}" if config.model.bundle else f"device root {config.model.root}"
-    sinks = [n for n in ("mqtt", "jsonl") if getattr(config.sinks, n) is not None]
-    n = len(config.sinks.webhooks)
-    sinks += [f"{n} webhook{'s' if n != 1 else ''}"] if n else []
+    sinks = [f"{name} ({options.type})" for name, options in config.sinks.items()]
     print(f"{path}: valid — device {config.device}, {len(config.cameras)} cameras "
           f"({', '.join(c.id for c in config.cameras)}), {model}, sinks: {', '.join(sinks) or 'none'}")
     return 0

@@ -15,19 +15,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     Field,
+    StringConstraints,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from edgessl.edge_runtime.schema import StrictModel
+from edgessl.edge_runtime.daemon.sinks import SINKS, SinkOptionsUnion
+from edgessl.edge_runtime.schema import ConfigPath, StrictModel, resolve_config_path
 from edgessl.errors import EdgesslError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"  # safe in MQTT topics, URLs and metric labels
 _V4L2 = re.compile(r"^/dev/video\d+$")
+SinkName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
 
 
@@ -38,17 +40,6 @@ def _unique(names: list[str], rule: str) -> None:
 
 class ConfigError(EdgesslError):
     """The daemon's configuration file is missing, not YAML, or not valid."""
-
-
-def _resolve(value: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base_dir")
-    value = value.expanduser()
-    return value if value.is_absolute() or base is None else Path(base) / value
-
-
-# A path in the file: relative ones are taken from the config file's folder.
-ConfigPath = Annotated[Path, AfterValidator(_resolve)]
-
 
 
 class RegionConfig(StrictModel):
@@ -139,7 +130,7 @@ class CameraConfig(StrictModel):
                 return value
         if _V4L2.match(value):
             return value
-        return str(_resolve(Path(value), info))
+        return str(resolve_config_path(Path(value), info))
 
     @field_validator("regions")
     @classmethod
@@ -204,44 +195,6 @@ class InferenceConfig(StrictModel):
     max_batch: int = Field(default=16, ge=1, le=1024, description="most crops (frames x regions) embedded in one batch")
 
 
-class MqttConfig(StrictModel):
-    """Topics: <prefix>/<device>/available (online/offline, retained, last will),
-    <prefix>/<device>/<camera>/<region>/state (JSON, retained) and <prefix>/<device>/events (JSON)."""
-
-    host: str = Field(description="broker host name or address")
-    port: int = Field(default=1883, ge=1, le=65535, description="broker port")
-    topic_prefix: str = Field(default="edgessl", pattern=r"^[^#+\s]+$", description="first level of every topic")
-    qos: Literal[0, 1, 2] = Field(default=1, description="MQTT quality of service of every message")
-    client_id: str | None = Field(default=None, description="default: edgessl-<device>")
-    username: str | None = Field(default=None, description="broker user name")
-    password_file: ConfigPath | None = Field(default=None, description="file holding the broker password")
-    tls: bool = Field(default=False, description="connect with TLS (system CA certificates)")
-    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive interval (seconds)")
-    reconnect_max_s: int = Field(default=30, ge=1, le=3600, description="longest delay between reconnection attempts")
-
-
-class JsonlConfig(StrictModel):
-    path: ConfigPath = Field(description="events are appended here, one JSON object per line")
-    max_bytes: int = Field(default=10_000_000, ge=1024, description="rotate the file when it grows past this size")
-    backups: int = Field(default=5, ge=0, le=1000, description="rotated files kept (path.1 is the newest)")
-
-
-class WebhookConfig(StrictModel):
-    url: str = Field(pattern=r"^https?://", description="every event is POSTed here as JSON")
-    headers: dict[str, str] = Field(default_factory=dict, description="extra request headers, e.g. Authorization")
-    timeout_s: float = Field(default=5.0, gt=0, le=300, description="timeout of one request")
-    retries: int = Field(default=3, ge=0, le=100, description="further attempts after a failed request")
-    backoff_s: float = Field(default=1.0, ge=0, le=300, description="delay before the first retry; doubles after each")
-
-
-class SinksConfig(StrictModel):
-    mqtt: MqttConfig | None = Field(default=None, description="publish to an MQTT broker")
-    jsonl: JsonlConfig | None = Field(default=None, description="append events to a rotating JSON-lines file")
-    webhooks: list[WebhookConfig] = Field(default_factory=list, description="POST events to HTTP endpoints")
-    queue_size: int = Field(default=1000, ge=1, le=1_000_000, description="events buffered per sink; a sink that falls "
-                            "further behind loses the oldest")
-
-
 class ApiConfig(StrictModel):
     enabled: bool = Field(default=True, description="serve the HTTP API and the web page")
     host: str = Field(default="127.0.0.1", description="listen address; 0.0.0.0 to serve the network")
@@ -281,7 +234,9 @@ class DaemonConfig(StrictModel):
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig, description="smoothing over time")
     inference: InferenceConfig = Field(default_factory=InferenceConfig, description="the inference loop")
     cameras: list[CameraConfig] = Field(min_length=1, description="the video sources")
-    sinks: SinksConfig = Field(default_factory=SinksConfig, description="where events go")
+    sinks: dict[SinkName, SinkOptionsUnion] = Field(
+        default_factory=dict, description="where events go: sink name (in metrics and /health) -> its options; "
+        "`type` picks the kind of sink: " + ", ".join(sorted(SINKS)))
     api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API and web page")
     enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig, description="live enrollment")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="logging level")
@@ -356,16 +311,42 @@ def _locate(root: Any, loc: Sequence[int | str]) -> tuple[int, int]:
     return mark.line + 1, mark.column + 1
 
 
+def _without_tags(root: Any, loc: Sequence[int | str]) -> list[int | str]:
+    """`loc` less the tags pydantic puts after a tagged union's value (sinks.broker.mqtt.qos is
+    sinks.broker.qos in the file): a part that is not a key, where the mapping's `type` is that part."""
+    import yaml
+
+    node, out = root, []
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            values = {getattr(k, "value", None): v for k, v in node.value}
+            if part not in values and getattr(values.get("type"), "value", None) == part:
+                continue
+            node = values.get(part)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            node = None
+        out.append(part)
+    return out
+
+
 def format_errors(exc: ValidationError, root: Any | None, source: str) -> list[str]:
     lines = []
     for err in exc.errors(include_url=False):
         loc = [p for p in err["loc"] if isinstance(p, int | str)]
-        where = ".".join(str(p) for p in loc) or "(top level)"
+        if root is not None:
+            loc = _without_tags(root, loc)
         message = err["msg"]
+        if loc and loc[-1] == "[key]":  # a mapping key (e.g. a sink name) that is not valid
+            loc, message = loc[:-1], f"not a valid name: {message}"
+        where = ".".join(str(p) for p in loc) or "(top level)"
         if err["type"] == "extra_forbidden":
             message = "unknown key (not a field here; see `edgessl config schema`)"
         elif err["type"] == "missing":
             message = "required key is missing"
+        elif err["type"] == "union_tag_not_found":
+            message = f"required key {err['ctx']['discriminator']} is missing (it picks the kind; see `edgessl config schema`)"
         if root is not None:
             line, col = _locate(root, loc)
             lines.append(f"{source}:{line}:{col}: {where}: {message}")

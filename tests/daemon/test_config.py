@@ -9,6 +9,7 @@ import pytest
 
 from edgessl.cli import main
 from edgessl.edge_runtime.daemon.config import ConfigError, DaemonConfig, check_text, json_schema, load_config
+from edgessl.edge_runtime.daemon.sinks import SINKS, sink_module
 
 GOOD = """\
 device: gate-01
@@ -27,10 +28,9 @@ cameras:
     url: clips/demo.mp4
     loop: true
 sinks:
-  mqtt: {host: 127.0.0.1}
-  jsonl: {path: events.jsonl}
-  webhooks:
-    - url: https://example.com/hook
+  broker: {type: mqtt, host: 127.0.0.1, password_file: secrets/mqtt}
+  events: {type: jsonl, path: events.jsonl}
+  hook: {type: webhook, url: https://example.com/hook, retries: 3}
 """
 
 
@@ -48,7 +48,10 @@ def test_a_good_file_loads_with_paths_relative_to_it(tmp_path):
     path.write_text(GOOD)
     config = load_config(path)
     assert config.model.bundle == tmp_path / "bundle"
-    assert config.sinks.jsonl is not None and config.sinks.jsonl.path == tmp_path / "events.jsonl"
+    assert [(name, s.type) for name, s in config.sinks.items()] == [
+        ("broker", "mqtt"), ("events", "jsonl"), ("hook", "webhook")]
+    assert config.sinks["events"].path == tmp_path / "events.jsonl"  # type: ignore[attr-defined]
+    assert config.sinks["broker"].password_file == tmp_path / "secrets" / "mqtt"  # type: ignore[attr-defined]
     gate, tray, clip = config.cameras
     assert (gate.kind, tray.kind, clip.kind) == ("rtsp", "v4l2", "file")
     assert clip.url == str(tmp_path / "clips" / "demo.mp4") and clip.plays_realtime
@@ -61,12 +64,15 @@ def test_a_good_file_loads_with_paths_relative_to_it(tmp_path):
 def test_errors_name_the_line_of_the_offending_key(tmp_path):
     text = GOOD.replace("    transport: udp\n", "    transport: udp\n    stall_timeout: 3\n")  # line 8
     text = text.replace("  - id: tray\n    url: /dev/video0\n", "  - id: tray\n")  # url missing, item on line 12
-    text = text.replace("  mqtt: {host: 127.0.0.1}", "  mqtt: {host: 127.0.0.1, qos: 7}")  # now line 17
+    text = text.replace("host: 127.0.0.1,", "host: 127.0.0.1, qos: 7,")  # now line 17
     config, errors = check_text(text, "edge.yaml")
     assert config is None
     assert any(e.startswith("edge.yaml:8:5: cameras.0.stall_timeout: unknown key") for e in errors), errors
     assert any(e.startswith("edge.yaml:12:5: cameras.1.url: required key is missing") for e in errors), errors
-    assert any(e.startswith("edge.yaml:17:27: sinks.mqtt.qos: Input should be 0, 1 or 2") for e in errors), errors
+    assert any(e.startswith("edge.yaml:17:41: sinks.broker.qos: Input should be 0, 1 or 2") for e in errors), errors
+
+
+MINIMAL = "model: {bundle: b}\ncameras: [{id: a, url: x.mp4}]\n"
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -80,6 +86,16 @@ def test_errors_name_the_line_of_the_offending_key(tmp_path):
     ("model: {bundle: b}\nmodel: {bundle: c}\ncameras: [{id: a, url: x.mp4}]\n", "edge.yaml:2:1: model: key repeated"),
     ("model: {bundle: b\ncameras: []\n", "edge.yaml:2:"),  # YAML syntax error, with its line
     ("", "expected a mapping"),
+    (f"{MINIMAL}sinks:\n  hook: {{type: webhooks, url: 'http://x'}}\n",
+     "edge.yaml:4:3: sinks.hook: Input tag 'webhooks' found using 'type' does not match any of the expected "
+     "tags: 'jsonl', 'mqtt', 'webhook'"),
+    (f"{MINIMAL}sinks:\n  events: {{path: e.jsonl}}\n", "edge.yaml:4:3: sinks.events: required key 'type' is missing"),
+    (f"{MINIMAL}sinks:\n  events:\n    type: jsonl\n    path: e.jsonl\n    rotate: true\n",
+     "edge.yaml:7:5: sinks.events.rotate: unknown key"),
+    (f"{MINIMAL}sinks:\n  events:\n    type: jsonl\n", "edge.yaml:4:3: sinks.events.path: required key is missing"),
+    (f"{MINIMAL}sinks:\n  my events: {{type: jsonl, path: e.jsonl}}\n",
+     "edge.yaml:4:3: sinks.my events: not a valid name: String should match pattern"),
+    (f"{MINIMAL}sinks:\n  - {{type: jsonl, path: e.jsonl}}\n", "edge.yaml:3:1: sinks: Input should be a valid dictionary"),
 ])
 def test_invalid_configs(text, expected):
     config, errors = check_text(text, "edge.yaml")
@@ -101,11 +117,17 @@ def test_config_command(tmp_path, capsys):
     assert main(["config", "schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert schema["title"] == "DaemonConfig" and "cameras" in schema["required"]
+    (entry,) = schema["properties"]["sinks"]["patternProperties"].values()  # name -> one of the sinks
+    assert entry["discriminator"]["propertyName"] == "type"
+    assert entry["discriminator"]["mapping"] == {name: f"#/$defs/{sink_module(name).Options.__name__}"
+                                                 for name in SINKS}
+    assert len(entry["oneOf"]) == len(SINKS)
 
     good = tmp_path / "edge.yaml"
     good.write_text(GOOD)
     assert main(["config", "check", str(good)]) == 0
-    assert "valid" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "valid" in out and "sinks: broker (mqtt), events (jsonl), hook (webhook)" in out
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD.replace("loop: true", "loop: sometimes"))

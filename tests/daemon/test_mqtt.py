@@ -17,8 +17,8 @@ def test_state_events_availability_and_reconnection(tmp_path, tiny_bundle, clips
     state = f"edgessl/{DEVICE}/cam/full/state"
     try:
         config = make_config(tmp_path, tiny_bundle, [{"id": "cam", "url": str(clips["red"]), "loop": True}],
-                             sinks={"mqtt": {"host": "127.0.0.1", "port": broker.port, "qos": 1,
-                                             "client_id": "daemon-under-test", "reconnect_max_s": 1}})
+                             sinks={"broker": {"type": "mqtt", "host": "127.0.0.1", "port": broker.port, "qos": 1,
+                                               "client_id": "daemon-under-test", "reconnect_max_s": 1}})
         daemon = start_daemon(config)
         wait_for(lambda: "online" in [p for p, _ in sub.on(available)], 10, "online on the availability topic")
         daemon.enrollment.enroll_images("red", [textured(RED, i) for i in range(4)])
@@ -65,7 +65,7 @@ def test_last_will_after_kill_9(tmp_path, tiny_bundle, clips, broker, daemon_pro
         cameras:
           - {{id: cam, url: {clips["red"]}, loop: true}}
         sinks:
-          mqtt: {{host: 127.0.0.1, port: {broker.port}, keepalive_s: 5, client_id: killed-daemon}}
+          broker: {{type: mqtt, host: 127.0.0.1, port: {broker.port}, keepalive_s: 5, client_id: killed-daemon}}
         api: {{enabled: false}}
     """)
     sub = Subscriber(broker.port, f"edgessl/{DEVICE}/available")

@@ -4,22 +4,38 @@ Each sink runs on a worker thread of its own behind a bounded queue (`SinkRunner
 sink that raises, blocks or falls behind never stops or slows the inference loop or the
 other sinks: its errors are logged and counted, and when its queue is full it loses the
 oldest message. Sinks that hold a connection or a file also have `close()`.
+
+Kinds of sink are plug-ins: one file each in this folder, registered by name in `SINKS`.
+A sink file declares
+
+    NAME = "mqtt"                     # the `type:` of its config entries
+    REQUIRES = ("paho.mqtt",)         # Python packages it imports (lazily, inside the sink)
+    class Options(SinkOptions):       # its config entry, with `type: Literal["mqtt"]`
+    def create(options, context) -> Sink
+
+and the config's `sinks:` mapping (name -> options) is validated against the union of every
+registered `Options`, told apart by `type`. A sink file imports nothing from the daemon's
+config (`edgessl.edge_runtime.schema` has `StrictModel` and `ConfigPath`).
 """
 
 from __future__ import annotations
 
-import json
+import functools
+import importlib
+import importlib.util
 import logging
-import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, Union
 
-from edgessl.edge_runtime.daemon.config import JsonlConfig, MqttConfig, WebhookConfig
+from pydantic import Field, model_validator
+
+from edgessl.edge_runtime.schema import StrictModel
+from edgessl.errors import EdgesslError
 
 log = logging.getLogger(__name__)
 
@@ -109,169 +125,143 @@ class SinkRunner:
         except queue.Full:
             pass
         self._thread.join(timeout)
-        close = getattr(self.sink, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception as exc:
-                log.warning("sink %s: close failed: %s", self.name, exc)
+        _close(self.name, self.sink)
 
 
-# -- JSON lines -------------------------------------------------------------------------------
+# -- the registry -----------------------------------------------------------------------------
+
+# name (the `type:` in the config) -> module. A new sink is one file in this folder and one line here.
+SINKS: dict[str, str] = {
+    "jsonl": "edgessl.edge_runtime.daemon.sinks.jsonl",
+    "mqtt": "edgessl.edge_runtime.daemon.sinks.mqtt",
+    "webhook": "edgessl.edge_runtime.daemon.sinks.webhook",
+}
+
+PIP_EXTRA = "edge"  # the extra that installs what the built-in sinks need; a sink file may set EXTRA
 
 
-class JsonlSink:
-    """Append each event as one JSON line; rotate at max_bytes (path.1 is the newest old file)."""
-
-    def __init__(self, config: JsonlConfig) -> None:
-        self.path = Path(config.path)
-        self.max_bytes = config.max_bytes
-        self.backups = config.backups
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
-
-    def _rotate(self) -> None:
-        self._file.close()
-        if self.backups == 0:
-            self.path.unlink(missing_ok=True)
-        else:
-            for i in range(self.backups - 1, 0, -1):
-                older = self.path.with_name(f"{self.path.name}.{i}")
-                if older.exists():
-                    os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-
-    def __call__(self, event: Event) -> None:
-        line = json.dumps(event.as_dict(), ensure_ascii=False) + "\n"
-        if self._file.tell() and self._file.tell() + len(line.encode()) > self.max_bytes:
-            self._rotate()
-        self._file.write(line)
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
+class SinkError(EdgesslError):
+    """A sink is unknown, lacks a Python package, or could not start."""
 
 
-# -- webhook ----------------------------------------------------------------------------------
+class SinkOptions(StrictModel):
+    """What every sink's config entry has; a sink's `Options` adds `type: Literal[NAME]` and its own keys."""
+
+    type: str = Field(description="the kind of sink")
+    queue_size: int = Field(default=1000, ge=1, le=1_000_000, description="events buffered for this sink; a sink "
+                            "that falls further behind loses the oldest")
+
+    @model_validator(mode="after")
+    def _installed(self) -> SinkOptions:
+        missing = sink_packages_missing(self.type)
+        if missing:
+            raise ValueError(missing)
+        return self
 
 
-class WebhookSink:
-    """POST each event as JSON; retry with a doubling delay; raise when every attempt failed."""
+@dataclass(frozen=True)
+class SinkContext:
+    """What a sink gets from the daemon besides its options."""
 
-    def __init__(self, config: WebhookConfig, stop: threading.Event | None = None) -> None:
-        import httpx
-
-        self.config = config
-        self._stop = stop or threading.Event()
-        self._client = httpx.Client(timeout=config.timeout_s, headers=config.headers)
-
-    def __call__(self, event: Event) -> None:
-        import httpx
-
-        delay = self.config.backoff_s
-        error: Exception | None = None
-        for attempt in range(self.config.retries + 1):
-            if attempt:
-                if self._stop.wait(delay):
-                    break
-                delay *= 2
-            try:
-                response = self._client.post(self.config.url, json=event.as_dict())
-                if response.status_code < 400:
-                    return
-                error = RuntimeError(f"{self.config.url} answered {response.status_code}")
-                if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
-                    break  # the request is wrong: retrying will not help
-            except httpx.HTTPError as exc:
-                error = exc
-        raise RuntimeError(f"webhook {self.config.url}: not delivered: {error}")
-
-    def close(self) -> None:
-        self._stop.set()
-        self._client.close()
+    name: str  # the sink's key in the config (metrics, health, logs)
+    device: str  # the daemon's device name
+    stop: threading.Event  # set when the daemon stops: give up waits and retries
 
 
-# -- MQTT -------------------------------------------------------------------------------------
+def sink_module(name: str) -> ModuleType:
+    """The module registered under `name`, imported now (it imports no optional package at its top)."""
+    try:
+        target = SINKS[name]
+    except KeyError:
+        raise SinkError(f"unknown sink type {name!r}; valid types: {', '.join(sorted(SINKS))}") from None
+    module = importlib.import_module(target)
+    declared = [a for a in ("NAME", "REQUIRES", "Options", "create") if not hasattr(module, a)]
+    if declared or module.NAME != name:
+        raise SinkError(f"sink module {target} must declare NAME = {name!r}, REQUIRES, Options and create(); "
+                        f"missing: {', '.join(declared) or 'NAME = ' + repr(name)}")
+    return module
 
 
-class MqttSink:
-    """Availability with a last will, retained per-region state, and an events topic.
-
-    paho's network thread connects in the background and reconnects by itself, so a broker
-    that is down at start-up or restarts does not stop the daemon."""
-
-    def __init__(self, config: MqttConfig, device: str) -> None:
-        import paho.mqtt.client as mqtt
-
-        self.config = config
-        base = f"{config.topic_prefix}/{device}"
-        self.availability_topic = f"{base}/available"
-        self.events_topic = f"{base}/events"
-        self._base = base
-        self._states: dict[str, str] = {}  # topic -> payload, republished after a reconnection
-        self._lock = threading.Lock()
-        self.connected = threading.Event()
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id or f"edgessl-{device}")
-        client.will_set(self.availability_topic, "offline", qos=config.qos, retain=True)
-        if config.username:
-            password = config.password_file.read_text().strip() if config.password_file else None
-            client.username_pw_set(config.username, password)
-        if config.tls:
-            client.tls_set()
-        client.reconnect_delay_set(min_delay=1, max_delay=config.reconnect_max_s)
-        client.enable_logger(logging.getLogger("paho.mqtt"))
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        self._client = client
-        client.connect_async(config.host, config.port, keepalive=config.keepalive_s)
-        client.loop_start()
-
-    def state_topic(self, camera: str, region: str) -> str:
-        return f"{self._base}/{camera}/{region}/state"
-
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
-        if getattr(reason, "is_failure", False):
-            log.warning("MQTT %s:%d refused the connection: %s", self.config.host, self.config.port, reason)
-            return
-        log.info("MQTT connected to %s:%d", self.config.host, self.config.port)
-        client.publish(self.availability_topic, "online", qos=self.config.qos, retain=True)
-        with self._lock:
-            states = list(self._states.items())
-        for topic, payload in states:
-            client.publish(topic, payload, qos=self.config.qos, retain=True)
-        self.connected.set()
-
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
-        self.connected.clear()
-        log.warning("MQTT disconnected from %s:%d (%s); reconnecting", self.config.host, self.config.port, reason)
-
-    def _publish(self, topic: str, payload: str, retain: bool) -> None:
-        import paho.mqtt.client as mqtt
-
-        info = self._client.publish(topic, payload, qos=self.config.qos, retain=retain)
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN, mqtt.MQTT_ERR_QUEUE_SIZE):
-            raise RuntimeError(f"MQTT publish to {topic} failed: {mqtt.error_string(info.rc)}")
-        if info.rc != mqtt.MQTT_ERR_SUCCESS and self.config.qos == 0:
-            raise RuntimeError(f"MQTT not connected: message to {topic} lost (QoS 0)")
-
-    def __call__(self, event: Event) -> None:
-        state_topic = self.state_topic(event.camera, event.region)
-        state = json.dumps(event.state())
-        with self._lock:
-            self._states[state_topic] = state
-        self._publish(state_topic, state, retain=True)
-        self._publish(self.events_topic, json.dumps(event.as_dict()), retain=False)
-
-    def close(self, timeout: float = 1.0) -> None:
-        """Say offline (retained), then disconnect: a clean stop does not need the last will."""
+def sink_packages_missing(name: str) -> str | None:
+    """None when every package the sink `name` REQUIRES imports, else a message naming the missing
+    packages and the pip extra that installs them."""
+    module = sink_module(name)
+    missing = []
+    for package in module.REQUIRES:
         try:
-            if self.connected.is_set():
-                info = self._client.publish(self.availability_topic, "offline", qos=self.config.qos, retain=True)
-                try:
-                    info.wait_for_publish(timeout)
-                except (RuntimeError, ValueError) as exc:  # not queued: the connection just went
-                    log.debug("MQTT offline message not sent: %s", exc)
-            self._client.disconnect()
-        finally:
-            self._client.loop_stop()
+            found = importlib.util.find_spec(package) is not None
+        except (ImportError, ValueError):  # a parent package is missing
+            found = False
+        if not found:
+            missing.append(package)
+    if not missing:
+        return None
+    extra = getattr(module, "EXTRA", PIP_EXTRA)
+    return (f"the {name} sink needs the Python package{'s' if len(missing) > 1 else ''} {', '.join(missing)}, "
+            f"which {'are' if len(missing) > 1 else 'is'} not installed: pip install 'edgessl[{extra}]'")
+
+
+@functools.cache
+def sink_options_union() -> Any:
+    """Every registered sink's `Options`, as one union told apart by `type` (for pydantic)."""
+    options = tuple(sink_module(name).Options for name in SINKS)
+    if len(options) == 1:
+        return options[0]
+    return Annotated[Union[options], Field(discriminator="type")]  # noqa: UP007 (a runtime tuple of types)
+
+
+if TYPE_CHECKING:
+    SinkOptionsUnion = SinkOptions
+else:
+    def __getattr__(name: str) -> Any:
+        # SinkOptionsUnion is built on first use, not at import: the sink files import this module.
+        if name == "SinkOptionsUnion":
+            return sink_options_union()
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def build_sinks(sinks_config: Mapping[str, SinkOptions], device: str, stop: threading.Event) -> dict[str, Sink]:
+    """One sink per config entry (name -> options), in order. When one cannot start, the ones
+    already built are closed and SinkError says which sink failed and why."""
+    built: dict[str, Sink] = {}
+    try:
+        for name, options in sinks_config.items():
+            missing = sink_packages_missing(options.type)
+            if missing:
+                raise SinkError(f"sink {name!r}: {missing}")
+            try:
+                built[name] = sink_module(options.type).create(options, SinkContext(name, device, stop))
+            except Exception as exc:
+                raise SinkError(f"sink {name!r} ({options.type}) could not start: {exc}") from exc
+    except BaseException:
+        for built_name, sink in built.items():
+            _close(built_name, sink)
+        raise
+    return built
+
+
+def start_sinks(sinks_config: Mapping[str, SinkOptions], device: str, stop: threading.Event, *,
+                extra: Mapping[str, Sink] | None = None, on_error: Callable[[str], None] | None = None,
+                on_drop: Callable[[str], None] | None = None) -> list[SinkRunner]:
+    """`build_sinks`, plus `extra` (name -> callable, default queue size), each on its own SinkRunner."""
+    sinks = build_sinks(sinks_config, device, stop) | dict(extra or {})
+    sizes = {name: options.queue_size for name, options in sinks_config.items()}
+    return [SinkRunner(name, sink, maxsize=sizes.get(name, 1000), on_error=on_error, on_drop=on_drop)
+            for name, sink in sinks.items()]
+
+
+T = TypeVar("T")
+
+
+def first_sink(runners: list[SinkRunner], kind: type[T]) -> T | None:
+    """The first running sink that is a `kind` (e.g. MqttSink), or None."""
+    return next((r.sink for r in runners if isinstance(r.sink, kind)), None)
+
+
+def _close(name: str, sink: Sink) -> None:
+    close = getattr(sink, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception as exc:
+            log.warning("sink %s: close failed: %s", name, exc)
