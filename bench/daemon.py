@@ -38,10 +38,10 @@ from edgessl.edge_runtime.bundle.manifest import load_bundle  # noqa: E402
 from edgessl.edge_runtime.daemon.config import DaemonConfig  # noqa: E402
 from edgessl.edge_runtime.daemon.core import Daemon
 from edgessl.edge_runtime.daemon.pipeline import Batch  # noqa: E402
-from edgessl.edge_runtime.inference.extractor import FeatureExtractor  # noqa: E402
-from edgessl.edge_runtime.fewshot.gallery import Gallery  # noqa: E402
-from edgessl.edge_runtime.inference.preprocess import preprocess  # noqa: E402
 from edgessl.edge_runtime.daemon.streams import CameraStream  # noqa: E402
+from edgessl.edge_runtime.fewshot.gallery import Gallery  # noqa: E402
+from edgessl.edge_runtime.inference.extractor import FeatureExtractor  # noqa: E402
+from edgessl.edge_runtime.inference.preprocess import preprocess  # noqa: E402
 
 log = logging.getLogger("bench.daemon")
 CAMERAS = 4

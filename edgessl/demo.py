@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from edgessl import synthetic
     from edgessl.edge_runtime.bundle.manifest import load_bundle
     from edgessl.edge_runtime.fewshot.classifier import FewShotClassifier
-    from edgessl.edge_runtime.inference.extractor import FeatureExtractor
     from edgessl.edge_runtime.fewshot.gallery import Gallery
+    from edgessl.edge_runtime.inference.extractor import FeatureExtractor
     from edgessl.edge_runtime.inference.sources import FrameReader
     from edgessl.export.bundle_writer import export_bundle
     from edgessl.train.pretrain import PretrainConfig, pretrain

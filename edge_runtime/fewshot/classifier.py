@@ -95,12 +95,13 @@ class FewShotClassifier:
             log.debug("prototypes of %d classes from %d exemplars", len(unique), len(labels))
         return self._cache
 
-    def scores(self, images: Sequence[np.ndarray]) -> ClassScores:
-        """The score of every query against every enrolled class (for smoothing over time)."""
+    def scores(self, images: Sequence[np.ndarray], batch_size: int = 32) -> ClassScores:
+        """The score of every query against every enrolled class (for smoothing over time);
+        `batch_size` images reach the backend at once."""
         protos = self._prototypes()
         if not images or not protos.labels:
             return ClassScores(protos.labels, np.zeros((len(images), len(protos.labels)), np.float32))
-        queries = center_normalize(self.extractor.embed(images), self.extractor.center)
+        queries = center_normalize(self.extractor.embed(images, batch_size), self.extractor.center)
         return ClassScores(protos.labels, self._score(queries, protos))
 
     @staticmethod

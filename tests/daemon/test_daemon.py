@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 from daemon_helpers import BLUE, GREEN, RED, make_config, textured, wait_for
 
-from edgessl.edge_runtime.inference.extractor import FeatureExtractor
 from edgessl.edge_runtime.fewshot.gallery import Gallery
+from edgessl.edge_runtime.inference.extractor import FeatureExtractor
 
 
 def split_clip(path, seconds: float = 2.0, fps: int = 10):
@@ -32,7 +32,7 @@ def test_each_region_is_classified_on_its_own(tmp_path, tiny_bundle, start_daemo
     daemon = start_daemon(make_config(tmp_path, tiny_bundle, [cam]), extra_sinks={"t": events.append})
     daemon.enrollment.enroll_images("red", [textured(RED, i) for i in range(3)])
     daemon.enrollment.enroll_images("blue", [textured(BLUE, i) for i in range(3)])
-    wait_for(lambda: {(s["region"], s["label"]) for s in daemon.states()} == {("left", "red"), ("right", "blue")},
+    wait_for(lambda: {(s["region"], s["label"]) for s in daemon.pipeline.states()} == {("left", "red"), ("right", "blue")},
              20, "left red and right blue")
     assert {(e.region, e.label) for e in events} >= {("left", "red"), ("right", "blue")}
 
@@ -51,12 +51,12 @@ def test_gallery_changes_by_another_process_are_picked_up(tmp_path, tiny_bundle,
     daemon = start_daemon(make_config(tmp_path, tiny_bundle, [{"id": "cam", "url": str(clips["red"]),
                                                                "loop": True}]))
     stream = daemon.streams["cam"]
-    wait_for(lambda: daemon.states()[0]["label"] == "unknown", 10, "unknown with an empty gallery")
+    wait_for(lambda: daemon.pipeline.states()[0]["label"] == "unknown", 10, "unknown with an empty gallery")
     # `edgessl enroll` while the daemon runs: another connection to the same gallery file.
     with FeatureExtractor.from_bundle(daemon.model.bundle, threads=1) as ex, Gallery(daemon.gallery_path) as g:
         crops = [textured(RED, i) for i in range(3)]
         g.add("tomato", crops, ex.embed(crops), ex.fingerprint)
-    wait_for(lambda: daemon.states()[0]["label"] == "tomato", 15, "the new class")
+    wait_for(lambda: daemon.pipeline.states()[0]["label"] == "tomato", 15, "the new class")
     assert stream.status().reconnects == 0 and daemon.streams["cam"] is stream
     assert daemon.metrics.registry.get_sample_value("edgessl_gallery_classes") == 1
 
@@ -92,7 +92,7 @@ def test_http_mjpeg_camera(tmp_path, tiny_bundle, start_daemon):
         url = f"http://127.0.0.1:{server.server_address[1]}/stream.mjpg"
         daemon = start_daemon(make_config(tmp_path, tiny_bundle, [{"id": "web", "url": url}]))
         daemon.enrollment.enroll_images("green", [textured(GREEN, i) for i in range(3)])
-        wait_for(lambda: daemon.states()[0]["label"] == "green", 20, "green from the MJPEG stream")
+        wait_for(lambda: daemon.pipeline.states()[0]["label"] == "green", 20, "green from the MJPEG stream")
         assert daemon.streams["web"].config.kind == "http"
     finally:
         _Mjpeg.stop.set()

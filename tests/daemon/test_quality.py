@@ -8,11 +8,11 @@ import pytest
 from daemon_helpers import BLUE, GREEN, RED, textured
 
 from edgessl.edge_runtime.bundle.manifest import load_bundle
-from edgessl.edge_runtime.fewshot.classifier import VETOED, FewShotClassifier
 from edgessl.edge_runtime.daemon.config import EnrollmentConfig
-from edgessl.edge_runtime.inference.extractor import FeatureExtractor
+from edgessl.edge_runtime.fewshot.classifier import VETOED, FewShotClassifier
 from edgessl.edge_runtime.fewshot.gallery import UNKNOWN, Gallery
 from edgessl.edge_runtime.fewshot.quality import check_shot, class_quality
+from edgessl.edge_runtime.inference.extractor import FeatureExtractor
 
 GATES = EnrollmentConfig()
 

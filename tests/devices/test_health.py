@@ -13,9 +13,9 @@ import pytest
 
 from edgessl.edge_runtime.bundle.manifest import load_bundle
 from edgessl.edge_runtime.device.health import check_bundle, run_health_check
-from edgessl.edge_runtime.device.selection import SelectionError, choose
 from edgessl.edge_runtime.device.installer import install
 from edgessl.edge_runtime.device.profiles import load_profile
+from edgessl.edge_runtime.device.selection import SelectionError, choose
 from edgessl.edge_runtime.device.slots import active_bundle, status
 from edgessl.errors import InstallError
 

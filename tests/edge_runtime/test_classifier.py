@@ -7,8 +7,8 @@ import pytest
 
 from edgessl.edge_runtime.bundle.manifest import load_bundle
 from edgessl.edge_runtime.fewshot.classifier import UNKNOWN, FewShotClassifier
-from edgessl.edge_runtime.inference.extractor import FeatureExtractor
 from edgessl.edge_runtime.fewshot.gallery import Gallery
+from edgessl.edge_runtime.inference.extractor import FeatureExtractor
 from edgessl.errors import GalleryError
 
 RED, BLUE, GREEN = (30, 30, 200), (200, 30, 30), (30, 200, 30)  # BGR

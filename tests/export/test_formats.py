@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from edgessl.edge_runtime.inference.backends import backend_for, load_backend
 from edgessl.edge_runtime.bundle.manifest import load_bundle
+from edgessl.edge_runtime.inference.backends import backend_for, load_backend
 from edgessl.export import formats as formats_module
 from edgessl.export.bundle_writer import export_bundle
 from edgessl.export.formats import FORMATS, Format, parse_formats

@@ -10,8 +10,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from edgessl.edge_runtime.inference.backends import load_backend
 from edgessl.edge_runtime.bundle.manifest import file_entry, load_bundle, read_manifest, write_manifest
+from edgessl.edge_runtime.inference.backends import load_backend
 from edgessl.errors import EdgesslError
 
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from edgessl.edge_runtime.inference.backends import load_backend
 from edgessl.edge_runtime.bundle.manifest import load_bundle
+from edgessl.edge_runtime.inference.backends import load_backend
 from edgessl.export.bundle_writer import export_bundle
 
 pytestmark = pytest.mark.gpu

@@ -97,7 +97,7 @@ def create_app(daemon: Daemon, token: str) -> Any:
 
     @app.get("/v1/state", summary="the current label of every camera region")
     def state() -> list[dict[str, Any]]:
-        return daemon.states()
+        return daemon.pipeline.states()
 
     @app.get("/v1/cameras/{camera_id}/snapshot.jpg", summary="newest frame, with regions and labels drawn",
              response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
