@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from itertools import islice
 from typing import TYPE_CHECKING, TypeVar
 
-from edgessl.edge_runtime.cli.args import add_model_arguments, positive_int
+from edgessl.edge_runtime.cli.args import add_model_arguments, open_extractor, positive_int
 
 if TYPE_CHECKING:
     from edgessl.edge_runtime.fewshot.classifier import Prediction
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Classify images, folders of images and videos against the enrolled classes. Prints one JSON "
         "line per image {source, label, score} and per processed video frame {source, frame, timestamp, "
-        "label, score}; label is 'unknown' below the threshold.")
+        "label, score}; label is 'unknown' below the threshold, and then 'nearest' names the closest class.")
     add_model_arguments(parser)
     parser.add_argument("--threshold", type=float, default=0.5, metavar="T",
                         help="lowest centred cosine similarity to a class prototype that is "
@@ -47,19 +47,19 @@ def record(frame: Frame, prediction: Prediction) -> dict[str, object]:
     out: dict[str, object] = {"source": frame.source}
     if frame.is_video:
         out |= {"frame": frame.index, "timestamp": round(frame.timestamp_s or 0.0, 3)}
-    return out | {"label": prediction.label, "score": round(prediction.score, 4)}
+    out |= {"label": prediction.label, "score": round(prediction.score, 4)}
+    if prediction.label == "unknown" and prediction.nearest is not None:
+        out["nearest"] = prediction.nearest  # what it resembles most, even below the threshold
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgessl.edge_runtime.bundle.manifest import load_bundle
     from edgessl.edge_runtime.fewshot.classifier import FewShotClassifier
     from edgessl.edge_runtime.fewshot.gallery import Gallery
-    from edgessl.edge_runtime.inference.extractor import FeatureExtractor
     from edgessl.edge_runtime.inference.sources import FrameReader
 
     reader = FrameReader(args.sources, every=args.every)
-    bundle = load_bundle(args.bundle)
-    with (FeatureExtractor.from_bundle(bundle, args.backend, threads=args.threads) as extractor,
+    with (open_extractor(args) as extractor,
           Gallery(args.gallery, create=False) as gallery):
         classifier = FewShotClassifier(extractor, gallery, threshold=args.threshold)
         if not gallery.classes():

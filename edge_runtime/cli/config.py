@@ -15,12 +15,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        description="Print the JSON schema of the daemon's config file (every field described).")
     check = actions.add_parser("check", help="validate a config file; errors give the line of the offending key",
                                description="Validate a config file. Each error is printed as FILE:LINE:COLUMN: "
-                               "key.path: message. Exit status 0 when valid, 1 otherwise.")
+                               "key.path: message; the model's files must exist (errors), camera files and devices should "
+                               "(warnings). Exit status 0 when valid, 1 otherwise.")
     check.add_argument("file", type=Path, metavar="FILE", help="the YAML config file")
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgessl.edge_runtime.daemon.config import check_text, json_schema
+    from edgessl.edge_runtime.daemon.config import check_paths, check_text, json_schema
 
     if args.action == "schema":
         print(json.dumps(json_schema(), indent=2))
@@ -35,6 +36,13 @@ def run(args: argparse.Namespace) -> int:
     if config is None:
         print("\n".join(errors), file=sys.stderr)
         print(f"{path}: {len(errors)} error{'s' if len(errors) != 1 else ''}", file=sys.stderr)
+        return 1
+    missing, warnings = check_paths(config)
+    for line in warnings:
+        print(f"{path}: warning: {line}", file=sys.stderr)
+    if missing:
+        print("\n".join(f"{path}: {line}" for line in missing), file=sys.stderr)
+        print(f"{path}: {len(missing)} error{'s' if len(missing) != 1 else ''}", file=sys.stderr)
         return 1
     model = f"bundle {config.model.bundle}" if config.model.bundle else f"device root {config.model.root}"
     sinks = [f"{name} ({options.type})" for name, options in config.sinks.items()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from edgessl.edge_runtime.cli.args import add_model_arguments
+from edgessl.edge_runtime.cli.args import add_model_arguments, open_extractor
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgessl.edge_runtime.bundle.manifest import load_bundle
     from edgessl.edge_runtime.fewshot.classifier import FewShotClassifier
     from edgessl.edge_runtime.fewshot.gallery import Gallery, validate_label
-    from edgessl.edge_runtime.inference.extractor import FeatureExtractor
     from edgessl.edge_runtime.inference.preprocess import read_image
     from edgessl.edge_runtime.inference.sources import expand
     from edgessl.errors import ImageError
@@ -39,8 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if not images:
         raise ImageError(f"no readable images among {', '.join(args.images)}; nothing enrolled")
 
-    bundle = load_bundle(args.bundle)
-    with (FeatureExtractor.from_bundle(bundle, args.backend, threads=args.threads) as extractor,
+    with (open_extractor(args) as extractor,
           Gallery(args.gallery) as gallery):
         added = FewShotClassifier(extractor, gallery).enroll(args.label, images)
         classes = gallery.classes()

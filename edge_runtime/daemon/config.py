@@ -247,6 +247,14 @@ class DaemonConfig(StrictModel):
         _unique([c.id for c in value], "camera ids must be unique")
         return value
 
+    @model_validator(mode="after")
+    def _state_apart_from_root(self) -> DaemonConfig:
+        root = self.model.root
+        if root is not None and Path(self.state_dir).resolve() == Path(root).resolve():
+            raise ValueError(f"state_dir and model.root are both {root}: the device root belongs to the A/B "
+                             f"installer; keep the daemon's state beside it, e.g. state_dir: {Path(root) / 'state'}")
+        return self
+
     @property
     def gallery_path(self) -> Path:
         return self.gallery if self.gallery is not None else self.state_dir / "gallery.db"
@@ -390,3 +398,29 @@ def load_config(path: str | Path) -> DaemonConfig:
     if config is None:
         raise ConfigError(f"{path} is not a valid daemon config:\n  " + "\n  ".join(errors))
     return config
+
+
+def check_paths(config: DaemonConfig) -> tuple[list[str], list[str]]:
+    """(errors, warnings) about files and devices the config names: a missing model is an error
+    (the daemon cannot start); a missing camera file or device is a warning (the daemon starts
+    and retries it with backoff, as it would a camera that is off)."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    m = config.model
+    if m.bundle is not None and not (Path(m.bundle) / "manifest.json").is_file():
+        errors.append(f"model.bundle: {m.bundle} is not a bundle folder (no manifest.json)")
+    if m.root is not None:
+        missing = [n for n in ("profile.toml", "trusted_keys", "slots") if not (Path(m.root) / n).exists()]
+        if missing:
+            errors.append(f"model.root: {m.root} is not a device root (missing {', '.join(missing)}); provision it "
+                          f"with `edgessl device init --root {m.root} --profile NAME --trust KEY.pub`")
+        elif not (Path(m.root) / "current").exists():
+            errors.append(f"model.root: nothing is installed in {m.root} yet; flash a bundle with "
+                          f"`edgessl flash BUNDLE --to {m.root}`")
+    if config.api.token_file is not None and not Path(config.api.token_file).is_file():
+        errors.append(f"api.token_file: {config.api.token_file} does not exist")
+    for cam in config.cameras:
+        if cam.kind in ("file", "v4l2") and not Path(cam.url).exists():
+            warnings.append(f"cameras.{cam.id}.url: {cam.url} does not exist (yet); the daemon will keep retrying")
+    return errors, warnings
+

@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +133,7 @@ class ModelService:
         else:
             plan = choose(bundle.manifest, None, **explicit)
         if m.threads is not None:
-            plan = RunPlan(plan.backend, plan.artifact, m.threads, plan.options, plan.reason, plan.skipped)
+            plan = replace(plan, threads=m.threads)
         return bundle, plan
 
     def initial_bundle(self) -> Path:

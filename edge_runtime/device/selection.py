@@ -18,7 +18,7 @@ in the device state; the daemon then runs exactly that one.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgessl.edge_runtime.bundle.manifest import Artifact, Manifest
@@ -124,6 +124,4 @@ def choose(manifest: Manifest, profile: DeviceProfile | None = None, *, backend:
         raise SelectionError(f"no usable backend for profile {profile.name!r}: "
                              + ("; ".join(skipped) or f"the bundle has {have}") + failed)
     plan = plans[0]
-    if threads is not None:
-        plan = RunPlan(plan.backend, plan.artifact, threads, plan.options, plan.reason, plan.skipped)
-    return plan
+    return plan if threads is None else replace(plan, threads=threads)

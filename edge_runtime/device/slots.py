@@ -35,7 +35,7 @@ import os
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -234,8 +234,7 @@ def active_model(root: str | Path) -> ActiveModel:
     if verified is not None and any(a.label == verified for a in manifest.artifacts):
         others = [a.label for a in manifest.artifacts if a.label != verified]
         plan = choose(manifest, profile, exclude=others)
-        plan = RunPlan(plan.backend, plan.artifact, plan.threads, plan.options,
-                       f"verified by the health check at install ({plan.reason})", plan.skipped)
+        plan = replace(plan, reason=f"verified by the health check at install ({plan.reason})")
     else:
         plan = choose(manifest, profile)
     return ActiveModel(path, plan)

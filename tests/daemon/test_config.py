@@ -125,9 +125,19 @@ def test_config_command(tmp_path, capsys):
 
     good = tmp_path / "edge.yaml"
     good.write_text(GOOD)
+    # The model must exist: an error until it does.
+    assert main(["config", "check", str(good)]) == 1
+    err = capsys.readouterr().err
+    assert f"model.bundle: {tmp_path / 'bundle'} is not a bundle folder" in err
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "manifest.json").write_text("{}")
     assert main(["config", "check", str(good)]) == 0
-    out = capsys.readouterr().out
-    assert "valid" in out and "sinks: broker (mqtt), events (jsonl), hook (webhook)" in out
+    captured = capsys.readouterr()
+    assert "valid" in captured.out and "sinks: broker (mqtt), events (jsonl), hook (webhook)" in captured.out
+    # Camera files and devices that are not there (yet) are warnings: the daemon retries them.
+    assert "warning: cameras.clip.url:" in captured.err and "demo.mp4 does not exist" in captured.err
+    if not Path("/dev/video0").exists():
+        assert "warning: cameras.tray.url: /dev/video0 does not exist" in captured.err
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD.replace("loop: true", "loop: sometimes"))
@@ -149,3 +159,33 @@ def test_the_shipped_example_is_valid():
     assert config is not None, errors
     assert [c.kind for c in config.cameras] == ["rtsp", "v4l2", "http", "file"]
     assert config.model.root == Path("/var/lib/edgessl/device")
+
+
+def test_run_needs_only_a_device_root_and_a_camera(tmp_path):
+    """`edgessl run --root DIR --camera URL`: no config file; the state lives beside the root."""
+    import argparse
+
+    from edgessl.edge_runtime.cli.run import add_arguments, build_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    root = tmp_path / "device"
+    config = build_config(parser.parse_args(["--root", str(root), "--camera", str(tmp_path / "clip.mp4"),
+                                             "--camera", "door=rtsp://127.0.0.1:8554/door", "--port", "0"]))
+    assert config.model.root == root.resolve() and config.state_dir == (root / "state").resolve()
+    assert [(c.id, c.kind, c.loop) for c in config.cameras] == [("cam1", "file", True), ("door", "rtsp", False)]
+    assert config.api.port == 0
+    with pytest.raises(ConfigError, match="give --camera URL"):
+        build_config(parser.parse_args(["--root", str(root)]))
+    # ROOT/edge.yaml, when there, is the config.
+    root.mkdir()
+    (root / "edge.yaml").write_text("device: dev-1\nstate_dir: state\ncameras: [{id: a, url: /dev/video3}]\n"
+                                    "model: {bundle: /nowhere}\n")
+    config = build_config(parser.parse_args(["--root", str(root)]))
+    assert (config.device, config.model.root, config.model.bundle) == ("dev-1", root.resolve(), None)
+
+
+def test_state_dir_cannot_be_the_device_root(tmp_path):
+    with pytest.raises(Exception, match="state_dir and model.root are both"):
+        DaemonConfig.model_validate({"state_dir": str(tmp_path), "model": {"root": str(tmp_path)},
+                                     "cameras": [{"id": "a", "url": "/x.mp4"}]})
