@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-slow demo bench lint clean
+.PHONY: setup setup-system test test-slow demo bench lint clean
 
 setup: $(STAMP)
 
@@ -19,10 +19,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[all]'
 	touch $(STAMP)
 
-test: setup
+# The MQTT broker, GStreamer's RTSP server and Chromium that the tests run for real (Debian
+# packages; installed when run as root, otherwise the command to install them is printed).
+setup-system:
+	bash .ci/system-packages
+
+test: setup setup-system
 	$(BIN)/python -m pytest -q
 
-test-slow: setup
+test-slow: setup setup-system
 	$(BIN)/python -m pytest -q -m slow
 
 demo: setup

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-import importlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from edgessl.edge_runtime.inference.backends import BACKENDS, Backend, load_backend
+from edgessl.edge_runtime.inference.backends import (
+    BACKENDS,
+    Backend,
+    backend_class,
+    backend_unavailable,
+    load_backend,
+)
 from edgessl.errors import BackendError
 
 
 def _require(name: str) -> None:
-    module = BACKENDS[name].split(":")[0]
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        pytest.skip(f"backend {name} needs {exc.name}")
+    why = backend_unavailable(name)
+    if why is not None:
+        pytest.skip(f"backend {name}: {why}")
 
 
 def _model_for(name: str, bundle, tmp_path):
@@ -46,6 +51,22 @@ def test_backend_matches_golden_embeddings(name, tiny_bundle, tmp_path):
             backend.embed(np.zeros((3, 32, 32), np.float32))
     with pytest.raises(BackendError, match="closed"):
         backend.embed(golden["inputs"])
+
+
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_every_backend_declares_itself(name):
+    """A backend is one file declaring its name, artifact format, packages and typed options; listing
+    the registry imports no runtime (so a device needs only the runtime it uses)."""
+    code = (f"import sys; from edgessl.edge_runtime.inference.backends import backend_class; "
+            f"c = backend_class({name!r}); print(c.name, c.artifact_format, *c.requires); "
+            f"print(*(m for m in c.requires if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    cls = backend_class(name)
+    assert out[0].split() == [name, cls.artifact_format, *cls.requires] and cls.requires
+    assert out[1:] in ([], [""]), f"listing {name} imported its runtime: {out[1:]}"
+    assert cls.Options.model_validate({}).type == name  # the discriminator
+    with pytest.raises(BackendError, match=f"options of backend '{name}'.*valid options: "):
+        load_backend(name, "model.onnx", no_such_option=1)
 
 
 def test_unknown_backend_lists_valid_names(tiny_bundle):
