@@ -98,3 +98,24 @@ def test_http_mjpeg_camera(tmp_path, tiny_bundle, start_daemon):
         _Mjpeg.stop.set()
         server.shutdown()
         server.server_close()
+
+
+def test_max_batch_is_the_batch_that_reaches_the_backend(tmp_path, tiny_bundle, clips, start_daemon):
+    """48 regions with inference.max_batch 48: one backend call of 48 crops, and one Batch value
+    whose per-crop fields line up (no silent cap at the extractor's own batch size)."""
+    regions = [{"name": f"r{i}", "x": i / 48, "width": 1 / 48} for i in range(48)]
+    cam = {"id": "wide", "url": str(clips["red"]), "loop": True, "regions": regions}
+    batches = []
+    daemon = start_daemon(make_config(tmp_path, tiny_bundle, [cam], inference={"max_batch": 48}),
+                          observer=batches.append)
+    daemon.enrollment.enroll_images("red", [textured(RED, i) for i in range(3)])
+    backend = daemon.model.extractor.backend
+    sizes: list[int] = []
+    embed = backend.embed
+    backend.embed = lambda batch: (sizes.append(len(batch)), embed(batch))[1]  # type: ignore[method-assign]
+    wait_for(lambda: len(sizes) >= 3 and batches, 20, "a few passes")
+    assert max(sizes) == 48 and set(sizes) <= {48, 3}  # every pass: all 48 crops at once (3: an enrollment)
+    batch = batches[-1]
+    assert len(batch) == 48 and batch.scores.shape == (48, len(batch.labels))
+    assert set(batch.cameras) == {"wide"} and list(batch.regions) == [f"r{i}" for i in range(48)]
+    assert (batch.latencies >= 0).all() and len(batch.decisions) == 48
