@@ -40,11 +40,12 @@ def test_enroll_then_classify_held_out(extractor, gallery, color_images):
     assert [p.label for p in predictions] == ["red"] * 5 + ["blue"] * 5
     assert all(p.score > 0.5 and p.nearest == p.label for p in predictions)
 
-    # The threshold decides: just above a score -> unknown (nearest still named), just below -> the class.
+    # Without calibration the global threshold decides: just above a score -> unknown (nearest
+    # still named), just below -> the class.
     query = held_out[:1]
     score = predictions[0].score
-    above = FewShotClassifier(extractor, gallery, threshold=min(1.0, score + 1e-4)).classify(query)[0]
-    below = FewShotClassifier(extractor, gallery, threshold=score - 1e-4).classify(query)[0]
+    above = FewShotClassifier(extractor, gallery, threshold=min(1.0, score + 1e-4), calibrated=False).classify(query)[0]
+    below = FewShotClassifier(extractor, gallery, threshold=score - 1e-4, calibrated=False).classify(query)[0]
     assert (above.label, above.nearest) == (UNKNOWN, "red")
     assert below.label == "red"
 

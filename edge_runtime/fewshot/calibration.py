@@ -1,0 +1,168 @@
+"""Open-set calibration: a threshold per class, derived from the gallery itself.
+
+One global cosine threshold cannot fit every class: a class whose exemplars all look alike
+(a logo on a wall) gets genuine scores near 0.9, a varied one (a person, any pose) near 0.4,
+and the background a camera sees may sit anywhere in between. So each class gets its own
+threshold from two score samples that the gallery already holds:
+
+- genuine: each exemplar against its own class's prototype made *without* it (leave one
+  out), which is what a new view of the class scores;
+- impostor: every exemplar of the other classes, and every background embedding (what the
+  camera sees when nothing enrolled is there), against this class's prototype.
+
+Both samples are small (5 shots give 5 genuine scores), so their means and spreads are shrunk
+towards the figures pooled over all classes, and the threshold is the point between the two
+Gaussians that lies the same number of standard deviations from each (the equal-error point),
+never above the point that accepts ~95% of genuine views. A class with fewer than
+`min_exemplars` exemplars keeps the global threshold (the fallback), and says so.
+
+`scale` (the genuine spread) turns a score into "standard deviations above the class's
+threshold", `(score - threshold) / scale`, a figure that means the same for every class:
+the open-set evaluation ranks queries by it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgessl.edge_runtime.fewshot.prototypes import center_normalize
+from edgessl.errors import GalleryError
+
+__all__ = ["ClassThreshold", "calibrate_thresholds", "loo_genuine_scores"]
+
+MIN_EXEMPLARS = 3  # fewer leave-one-out scores than this say nothing about a spread
+SHRINK = 5.0  # pseudo-count of the pooled figures in each class's mean and spread
+GENUINE_Z = 1.645  # the threshold never rejects more than ~5% of genuine views (one-sided 95%)
+MIN_SPREAD = 0.02  # floor on a standard deviation (cosines): 5 identical shots are not certainty
+
+
+@dataclass(frozen=True)
+class ClassThreshold:
+    label: str
+    threshold: float  # centred cosine; a query below it is not this class
+    scale: float  # genuine spread: (score - threshold) / scale is comparable across classes
+    calibrated: bool  # False: the global fallback threshold
+    reason: str  # why this threshold, in words a person can act on
+    genuine_mean: float | None = None  # leave-one-out similarity of the exemplars to their prototype
+    impostor_mean: float | None = None  # similarity of other classes' exemplars and background
+    impostor_max: float | None = None  # the highest impostor similarity (the closest miss)
+    impostor_source: str | None = None  # the class (or "background") of the highest impostor
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for k in self.__dataclass_fields__:
+            v = getattr(self, k)
+            out[k] = round(v, 4) if isinstance(v, float) else v
+        return out
+
+
+def loo_genuine_scores(x: np.ndarray, inverse: np.ndarray, n_classes: int) -> np.ndarray:
+    """(N,) centred cosine of each normalised row to its class's prototype made without it.
+
+    A class with a single row has no prototype without it: its score is NaN."""
+    sums = np.zeros((n_classes, x.shape[1]), np.float64)
+    np.add.at(sums, inverse, x)
+    loo = (sums[inverse] - x).astype(np.float32)  # the sum, so its normalisation is the mean's
+    out = np.einsum("nd,nd->n", x, center_normalize(loo)).astype(np.float64)
+    counts = np.bincount(inverse, minlength=n_classes)
+    out[counts[inverse] < 2] = np.nan
+    return out
+
+
+def _shrunk(values: np.ndarray, pooled_mean: float, pooled_var: float) -> tuple[float, float]:
+    """Mean and standard deviation of a small sample, shrunk towards the pooled figures."""
+    n = len(values)
+    mean = (values.sum() + SHRINK * pooled_mean) / (n + SHRINK)
+    var = (((values - values.mean()) ** 2).sum() + SHRINK * pooled_var) / (n + SHRINK)
+    return float(mean), max(float(np.sqrt(var)), MIN_SPREAD)
+
+
+def calibrate_thresholds(
+    labels: Sequence[str],
+    embeddings: np.ndarray,
+    center: np.ndarray | None,
+    background: np.ndarray | None = None,
+    *,
+    fallback: float = 0.5,
+    min_exemplars: int = MIN_EXEMPLARS,
+) -> list[ClassThreshold]:
+    """Per-class thresholds, sorted by label, from the positive exemplars' raw embeddings.
+
+    labels: (N,) the class of each row of embeddings (N, D); center: the model's centring
+    vector (None: only L2-normalise); background: optional (M, D) raw embeddings of frames
+    with nothing enrolled in them. A pure function: the same gallery gives the same figures."""
+    emb = np.asarray(embeddings, np.float32)
+    labels_arr = np.asarray(list(labels))
+    if emb.ndim != 2 or len(labels_arr) != len(emb):
+        raise GalleryError(f"calibration needs embeddings (N, D) and N labels; got {emb.shape} and {len(labels_arr)}")
+    if not -1.0 <= fallback <= 1.0:
+        raise GalleryError(f"the fallback threshold is a cosine, so it must lie in [-1, 1]; got {fallback}")
+    if min_exemplars < 2:
+        raise GalleryError(f"min_exemplars must be >= 2 (leave-one-out needs two); got {min_exemplars}")
+    bg = np.zeros((0, emb.shape[1]), np.float32) if background is None else np.asarray(background, np.float32)
+    if bg.ndim != 2 or bg.shape[1] != emb.shape[1]:
+        raise GalleryError(f"background embeddings must be (M, {emb.shape[1]}); got {bg.shape}")
+    if not len(emb):
+        return []
+
+    unique, inverse = np.unique(labels_arr, return_inverse=True)
+    x = center_normalize(emb, center)
+    b = center_normalize(bg, center) if len(bg) else bg
+    sums = np.zeros((len(unique), x.shape[1]), np.float64)
+    np.add.at(sums, inverse, x)
+    protos = center_normalize(sums.astype(np.float32))
+    counts = np.bincount(inverse, minlength=len(unique))
+    genuine = loo_genuine_scores(x, inverse, len(unique))
+    to_protos = (x @ protos.T).astype(np.float64)  # (N, C)
+    bg_to_protos = (b @ protos.T).astype(np.float64) if len(b) else np.zeros((0, len(unique)))
+
+    # Pooled figures over every calibrated class: the prior each class's small sample is shrunk to.
+    ok = counts >= min_exemplars
+    g_rows = ok[inverse] & np.isfinite(genuine)
+    imp_all = [np.concatenate([to_protos[inverse != c, c], bg_to_protos[:, c]]) for c in range(len(unique))]
+    g_pool = genuine[g_rows]
+    i_pool = np.concatenate([imp_all[c] for c in range(len(unique)) if ok[c]] or [np.zeros(0)])
+    g_mean0 = float(g_pool.mean()) if len(g_pool) else fallback
+    g_var0 = float(g_pool.var()) if len(g_pool) > 1 else 0.1 ** 2
+    i_mean0 = float(i_pool.mean()) if len(i_pool) else 0.0
+    i_var0 = float(i_pool.var()) if len(i_pool) > 1 else 0.1 ** 2
+
+    out = []
+    for c, label in enumerate(unique):
+        label = str(label)
+        n = int(counts[c])
+        g = genuine[inverse == c]
+        imp = imp_all[c]
+        g_mean, g_std = _shrunk(g, g_mean0, g_var0) if n >= 2 else (g_mean0, max(np.sqrt(g_var0), MIN_SPREAD))
+        source = imp_max = i_mean = None
+        if len(imp):
+            i_mean = float(imp.mean())
+            k = int(imp.argmax())
+            imp_max = float(imp[k])
+            other = to_protos[inverse != c, c]
+            source = "background" if k >= len(other) else str(unique[inverse[inverse != c][k]])
+        if n < min_exemplars:
+            out.append(ClassThreshold(
+                label, float(fallback), g_std, False,
+                f"{n} exemplar{'s' if n != 1 else ''}: the global threshold {fallback:g} until there are "
+                f"{min_exemplars} to calibrate from", None if n < 2 else float(np.nanmean(g)), i_mean, imp_max, source))
+            continue
+        if len(imp):
+            m, s = _shrunk(imp, i_mean0, i_var0)
+            # The equal-error point of the two Gaussians, but never one that rejects more than
+            # ~5% of genuine views: open-set safety must not make the class unrecognisable.
+            eer = (g_mean * s + m * g_std) / (g_std + s)
+            t = min(eer, g_mean - GENUINE_Z * g_std)
+            what = "the other classes" + (" and the background" if len(b) else "") if len(imp) > len(b) else "the background"
+            reason = (f"calibrated from {n} exemplars (leave-one-out similarity {g_mean:.2f} ± {g_std:.2f}) "
+                      f"against {what} ({m:.2f} ± {s:.2f}, closest {imp_max:.2f}: {source})")
+        else:
+            t = g_mean - GENUINE_Z * g_std
+            reason = (f"calibrated from {n} exemplars only (leave-one-out similarity {g_mean:.2f} ± {g_std:.2f}); "
+                      "no other class or background to compare with: accepts ~95% of genuine views")
+        t = float(np.clip(t, -1.0, 1.0))
+        out.append(ClassThreshold(label, t, g_std, True, reason, float(g.mean()), i_mean, imp_max, source))
+    return out
