@@ -59,8 +59,8 @@ def record(frame: Frame, prediction: Prediction) -> dict[str, object]:
 def run(args: argparse.Namespace) -> int:
     from edgessl.edge_runtime.bundle.manifest import load_bundle
     from edgessl.edge_runtime.fewshot.classifier import FewShotClassifier
-    from edgessl.edge_runtime.inference.extractor import FeatureExtractor
     from edgessl.edge_runtime.fewshot.gallery import Gallery
+    from edgessl.edge_runtime.inference.extractor import FeatureExtractor
     from edgessl.edge_runtime.inference.sources import FrameReader
 
     reader = FrameReader(args.sources, every=args.every)

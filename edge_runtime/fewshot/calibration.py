@@ -11,7 +11,10 @@ threshold from two score samples that the gallery already holds:
   camera sees when nothing enrolled is there), against this class's prototype.
 
 Both samples are small (5 shots give 5 genuine scores), so their means and spreads are shrunk
-towards the figures pooled over all classes, and the threshold is the point between the two
+towards the figures pooled over all classes: the means as far as the classes' means differ
+by more than their sampling noise explains (empirical Bayes: when 5 shots cannot tell the
+classes apart, every class gets the pooled figure and the thresholds only differ where the
+gallery shows they should), the spreads with a fixed pseudo-count. The threshold is the point between the two
 Gaussians that lies the same number of standard deviations from each (the equal-error point),
 never above the point that accepts ~95% of genuine views. A class with fewer than
 `min_exemplars` exemplars keeps the global threshold (the fallback), and says so.
@@ -31,10 +34,10 @@ import numpy as np
 from edgessl.edge_runtime.fewshot.prototypes import center_normalize
 from edgessl.errors import GalleryError
 
-__all__ = ["ClassThreshold", "calibrate_thresholds", "loo_genuine_scores"]
+__all__ = ["ClassThreshold", "calibrate_thresholds", "loo_genuine_scores", "prior_count"]
 
 MIN_EXEMPLARS = 3  # fewer leave-one-out scores than this say nothing about a spread
-SHRINK = 5.0  # pseudo-count of the pooled figures in each class's mean and spread
+SHRINK = 5.0  # pseudo-count of the pooled spread in each class's spread
 GENUINE_Z = 1.645  # the threshold never rejects more than ~5% of genuine views (one-sided 95%)
 MIN_SPREAD = 0.02  # floor on a standard deviation (cosines): 5 identical shots are not certainty
 
@@ -72,10 +75,26 @@ def loo_genuine_scores(x: np.ndarray, inverse: np.ndarray, n_classes: int) -> np
     return out
 
 
-def _shrunk(values: np.ndarray, pooled_mean: float, pooled_var: float) -> tuple[float, float]:
-    """Mean and standard deviation of a small sample, shrunk towards the pooled figures."""
+def prior_count(samples: Sequence[np.ndarray]) -> float:
+    """The pseudo-count k0 of the pooled mean in each sample's mean (posterior mean
+    (n mean + k0 pooled) / (n + k0)): within-sample variance over the variance of the true
+    means, which is the variance of the sample means less their sampling noise (method of
+    moments). Infinite when the sample means differ no more than noise explains."""
+    usable = [v for v in samples if len(v) >= 2]
+    if len(usable) < 2:
+        return SHRINK  # one sample: nothing to compare its mean with
+    means = np.array([v.mean() for v in usable])
+    noise = np.array([v.var(ddof=1) / len(v) for v in usable])
+    within = float(np.mean([v.var(ddof=1) for v in usable]))
+    between = float(means.var(ddof=1) - noise.mean())
+    return within / between if between > 0 else float("inf")
+
+
+def _shrunk(values: np.ndarray, pooled_mean: float, pooled_var: float, k0: float = SHRINK) -> tuple[float, float]:
+    """Mean (k0: pseudo-count of the pooled mean) and standard deviation (SHRINK: of the pooled
+    variance) of a small sample, shrunk towards the pooled figures."""
     n = len(values)
-    mean = (values.sum() + SHRINK * pooled_mean) / (n + SHRINK)
+    mean = pooled_mean if not np.isfinite(k0) else (values.sum() + k0 * pooled_mean) / (n + k0)
     var = (((values - values.mean()) ** 2).sum() + SHRINK * pooled_var) / (n + SHRINK)
     return float(mean), max(float(np.sqrt(var)), MIN_SPREAD)
 
@@ -129,6 +148,8 @@ def calibrate_thresholds(
     g_var0 = float(g_pool.var()) if len(g_pool) > 1 else 0.1 ** 2
     i_mean0 = float(i_pool.mean()) if len(i_pool) else 0.0
     i_var0 = float(i_pool.var()) if len(i_pool) > 1 else 0.1 ** 2
+    g_k0 = prior_count([genuine[(inverse == c) & np.isfinite(genuine)] for c in range(len(unique)) if ok[c]])
+    i_k0 = prior_count([imp_all[c] for c in range(len(unique)) if ok[c]])
 
     out = []
     for c, label in enumerate(unique):
@@ -136,7 +157,7 @@ def calibrate_thresholds(
         n = int(counts[c])
         g = genuine[inverse == c]
         imp = imp_all[c]
-        g_mean, g_std = _shrunk(g, g_mean0, g_var0) if n >= 2 else (g_mean0, max(np.sqrt(g_var0), MIN_SPREAD))
+        g_mean, g_std = _shrunk(g, g_mean0, g_var0, g_k0) if n >= 2 else (g_mean0, max(np.sqrt(g_var0), MIN_SPREAD))
         source = imp_max = i_mean = None
         if len(imp):
             i_mean = float(imp.mean())
@@ -151,7 +172,7 @@ def calibrate_thresholds(
                 f"{min_exemplars} to calibrate from", None if n < 2 else float(np.nanmean(g)), i_mean, imp_max, source))
             continue
         if len(imp):
-            m, s = _shrunk(imp, i_mean0, i_var0)
+            m, s = _shrunk(imp, i_mean0, i_var0, i_k0)
             # The equal-error point of the two Gaussians, but never one that rejects more than
             # ~5% of genuine views: open-set safety must not make the class unrecognisable.
             eer = (g_mean * s + m * g_std) / (g_std + s)
