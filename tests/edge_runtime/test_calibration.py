@@ -14,6 +14,7 @@ from edgessl.edge_runtime.fewshot.calibration import (
     calibrate_thresholds,
     loo_genuine_scores,
     prior_count,
+    spread_variance,
 )
 from edgessl.edge_runtime.fewshot.prototypes import center_normalize
 from edgessl.errors import GalleryError
@@ -64,33 +65,49 @@ def test_prior_count_is_the_method_of_moments():
     assert prior_count([a]) == SHRINK
 
 
+def test_spread_variance_is_the_method_of_moments():
+    a, b = np.array([0.0, 0.1, 0.2]), np.array([0.0, 1.0, 2.0])  # variances 0.01 and 1
+    v = np.array([0.01, 1.0])
+    expected = v.var(ddof=1) - 2 * v.mean() ** 2 / 2
+    assert spread_variance([a, b]) == pytest.approx(max(expected, 0.0))
+    assert spread_variance([a, a + 1]) == 0.0  # the same spread: pool completely
+    assert spread_variance([a]) == math.inf
+
+
 def test_one_isolated_class_accepts_95_percent_of_its_genuine_views():
     labels, emb = clusters([0.6], n=8)
     (t,) = calibrate_thresholds(labels, emb, None)
     x = center_normalize(emb)
     g = [cos(x[i], np.mean([x[j] for j in range(8) if j != i], axis=0)) for i in range(8)]
     mean = sum(g) / 8
-    var = (sum((v - mean) ** 2 for v in g) + SHRINK * np.var(g)) / (8 + SHRINK)  # pooled = itself
-    std = max(math.sqrt(var), MIN_SPREAD)
+    std = max(math.sqrt(sum((v - mean) ** 2 for v in g) / 7), MIN_SPREAD)  # one class: pooled = itself
     assert t.calibrated and t.impostor_mean is None
     assert t.threshold == pytest.approx(mean - GENUINE_Z * std, abs=1e-5)
     assert t.scale == pytest.approx(std, abs=1e-6)
     assert "no other class or background" in t.reason
 
 
-def test_threshold_lies_between_genuine_and_impostor_and_names_the_closest_miss():
-    labels, emb = clusters([0.4, 0.4, 0.4], n=6, seed=1)
+def test_impostors_are_the_nearest_misses_and_the_threshold_lies_between():
+    labels, emb = clusters([0.4, 0.4, 0.4, 0.4], n=6, seed=1)
     out = calibrate_thresholds(labels, emb, None)
-    assert [t.label for t in out] == ["c0", "c1", "c2"]
+    assert [t.label for t in out] == ["c0", "c1", "c2", "c3"]
+    x = center_normalize(emb)
+    names = sorted(set(labels))
+    protos = {c: np.mean([x[i] for i in range(len(x)) if labels[i] == c], axis=0) for c in names}
+    misses = {c: [] for c in names}  # (score, owner) of the rows whose nearest wrong prototype is c
+    for i, lab in enumerate(labels):
+        wrong = {c: cos(x[i], protos[c]) for c in names if c != lab}
+        c = max(wrong, key=wrong.get)
+        misses[c].append((wrong[c], lab))
+    assert sum(t.impostor_mean is not None for t in out) == sum(bool(v) for v in misses.values())
     for t in out:
-        assert t.calibrated and t.impostor_mean < t.threshold < t.genuine_mean
-        assert t.impostor_source in {"c0", "c1", "c2"} - {t.label}
-        x = center_normalize(emb)
-        own = [i for i, lab in enumerate(labels) if lab == t.label]
-        proto = np.mean([x[i] for i in own], axis=0)
-        others = [cos(x[i], proto) for i in range(len(x)) if labels[i] != t.label]
-        assert t.impostor_max == pytest.approx(max(others), abs=1e-5)
-        assert t.impostor_mean == pytest.approx(sum(others) / len(others), abs=1e-5)
+        assert t.calibrated and t.threshold < t.genuine_mean
+        if misses[t.label]:
+            scores = [m for m, _ in misses[t.label]]
+            assert t.impostor_mean == pytest.approx(sum(scores) / len(scores), abs=1e-5)
+            assert (t.impostor_max, t.impostor_source) == (pytest.approx(max(scores), abs=1e-5),
+                                                           max(misses[t.label])[1])
+            assert t.impostor_mean < t.threshold
 
 
 def test_tight_class_gets_a_higher_threshold_than_a_loose_one():
