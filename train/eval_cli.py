@@ -1,4 +1,4 @@
-"""`edgessl eval knn|linear|fewshot`: evaluate a checkpoint's frozen features.
+"""`edgessl eval knn|linear|fewshot|openset`: evaluate a checkpoint's frozen features.
 
 Each kind prints one line (or one JSON object with --json); `--report DIR` also writes PNGs:
 the training loss curve, a 2-D projection of the embeddings coloured by class, and per kind
@@ -53,7 +53,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--way", type=int, default=5, help="classes per episode (default: 5)")
     f.add_argument("--shot", type=int, default=5, help="supports per class (default: 5)")
     f.add_argument("--queries", type=int, default=15, help="queries per class and episode (default: 15)")
-    f.add_argument("--episodes", type=int, default=1000, help="number of episodes (default: 1000)")
+    f.add_argument("--episodes", type=int, default=None,
+                   help="number of episodes (default: 1000 for the prototype head, 300 otherwise)")
+    f.add_argument("--head", choices=("prototype", "fitted", "auto", "all"), default="prototype",
+                   help="the device's head: nearest centred prototype, a fitted ridge classifier, or auto "
+                   "(chosen per episode by leave-one-out); all: every head at every --shots (default: prototype)")
+    f.add_argument("--shots", type=lambda v: [int(x) for x in v.split(",")], default=None, metavar="K,K,...",
+                   help="with --head all: the shots per class to compare at (default: 5,20,50)")
+
+    o = sub.add_parser("openset", help="unknown detection: calibrated per-class thresholds vs one global threshold",
+                       description="Per split, --known classes are enrolled with --shot images of --support; all "
+                       "images of --query are classified and those of the other classes should be unknown. "
+                       "Prints AUROC and FAR at 95%% TAR (threshold swept) and TAR/FAR at the fixed threshold "
+                       "and at the calibrated thresholds, mean ± 95%% interval over --splits random splits.")
+    _common(o, 500, "images per class whose features are extracted (default: 500)")
+    o.add_argument("--support", type=Path, required=True, help="labelled folder to enroll from (e.g. train/)")
+    o.add_argument("--query", type=Path, required=True, help="labelled folder for queries (e.g. test/)")
+    o.add_argument("--known", type=int, default=5, help="classes enrolled per split (default: 5)")
+    o.add_argument("--shot", type=int, default=5, help="exemplars per enrolled class (default: 5)")
+    o.add_argument("--splits", type=int, default=20, help="random class splits to average over (default: 20)")
+    o.add_argument("--threshold", type=float, default=0.5,
+                   help="the fixed global threshold, also the calibration's fallback (default: 0.5)")
+    o.add_argument("--background", type=int, default=0, metavar="M",
+                   help="also calibrate on M support images of half of the non-enrolled classes, which are "
+                   "then left out of the unknown queries (default: 0, the gallery alone)")
+
+
+def _openset_text(r: dict[str, Any], kind: str) -> str:
+    def f(name: str, pct: bool = True) -> str:
+        m, c = r[name]["mean"], r[name]["ci95"]
+        return f"{100 * m:.1f}% ± {100 * c:.1f}" if pct else f"{m:.3f} ± {c:.3f}"
+
+    return "\n".join([
+        f"open set ({kind}): {r['known']} classes enrolled with {r['shot']} shots, {r['queries']} queries of "
+        f"{len(r['classes'])} classes, {r['splits']} splits" + (f", {r['background']} background images"
+                                                                 if r["background"] else ""),
+        f"  AUROC          calibrated {f('auroc_calibrated', False)}   global {f('auroc_global', False)}",
+        f"  FAR @ 95% TAR  calibrated {f('far95_calibrated')}   global {f('far95_global')}",
+        f"  at the thresholds: calibrated TAR {f('tar_calibrated')} FAR {f('far_calibrated')} "
+        f"(accepted right {f('accuracy_calibrated')}); fixed {r['fallback']:g} TAR {f('tar_fixed')} "
+        f"FAR {f('far_fixed')} (accepted right {f('accuracy_fixed')})",
+        f"  closed-set accuracy of the known queries {f('closed_accuracy')}",
+    ])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,13 +102,36 @@ def run(args: argparse.Namespace) -> int:
 
     ev = E.Evaluator(args.checkpoint, args.random_weights)
     kind = "random weights" if args.random_weights else f"step {ev.step}"
-    if args.kind == "fewshot":
+    r: dict[str, Any]
+    if args.kind == "openset":
+        s, test = ev.encode_pair(args.support, args.query, args.per_class, args.seed)
+        r = E.openset(ev, s, test, known=args.known, shot=args.shot, splits=args.splits, seed=args.seed,
+                      fallback=args.threshold, background=args.background)
+        line = _openset_text(r, kind)
+    elif args.kind == "fewshot" and args.head != "prototype":
+        s, test = ev.encode_pair(args.support, args.query, args.per_class, args.seed)
+        heads = ("prototype", "fitted", "auto") if args.head == "all" else (args.head,)
+        shots = (args.shots or [5, 20, 50]) if args.head == "all" else [args.shot]
+        episodes = args.episodes or 300
+        table = E.fewshot_heads(ev, s, test, way=args.way, shots=shots, heads=heads, queries=args.queries,
+                                episodes=episodes, seed=args.seed)
+        r = {"checkpoint": str(ev.path), "random_weights": args.random_weights, "way": args.way,
+             "episodes": episodes, "classes": s.class_names,
+             "results": [{"shot": k, "head": h, "accuracy": res.mean, "ci95": res.ci95}
+                         for k, by_head in table.items() for h, res in by_head.items()]}
+        line = "\n".join(
+            f"{args.way}-way {k}-shot ({kind}, {episodes} episodes): " + ", ".join(
+                f"{h} {100 * res.mean:.2f}% ± {100 * res.ci95:.2f}" for h, res in by_head.items())
+            for k, by_head in table.items())
+        res = table[shots[-1]][heads[-1]]
+    elif args.kind == "fewshot":
         s, q = ev.encode_pair(args.support, args.query, args.per_class, args.seed)
+        episodes = args.episodes or 1000
         res = E.fewshot_episodes(ev, s, q, way=args.way, shot=args.shot, queries=args.queries,
-                                 episodes=args.episodes, seed=args.seed)
-        r: dict[str, Any] = {"checkpoint": str(ev.path), "random_weights": args.random_weights, "way": args.way,
-                             "shot": args.shot, "episodes": args.episodes, "accuracy": float(res.mean),
-                             "ci95": float(res.ci95), "classes": s.class_names}
+                                 episodes=episodes, seed=args.seed)
+        r = {"checkpoint": str(ev.path), "random_weights": args.random_weights, "way": args.way,
+             "shot": args.shot, "episodes": episodes, "accuracy": float(res.mean),
+             "ci95": float(res.ci95), "classes": s.class_names}
         line = (f"{r['way']}-way {r['shot']}-shot ({kind}, {r['episodes']} episodes): "
                 f"{100 * r['accuracy']:.2f}% ± {100 * r['ci95']:.2f}")
         test = q
@@ -98,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
                                             seed=args.seed)
             written.append(report.metric_over_checkpoints(points, out / "knn_over_checkpoints.png"))
         if args.kind == "fewshot":
-            names = [s.class_names[i] for i in res.labels]
+            names = [s.class_names[i] for i in res.labels]  # the last shot and head with --head
             written.append(report.confusion(res.confusion, names, out / "fewshot_confusion.png",
                                             f"{args.way}-way {args.shot}-shot episodes, {kind}"))
         r["report"] = [str(p) for p in written if p is not None]

@@ -226,3 +226,31 @@ def fewshot(ckpt_path: Path, support: Path, query: Path, *, way: int, shot: int,
     return {"checkpoint": str(ev.path), "random_weights": random_weights, "way": way, "shot": shot,
             "episodes": episodes, "accuracy": float(result.mean), "ci95": float(result.ci95),
             "classes": s.class_names}
+
+
+def fewshot_heads(ev: Evaluator, support: Encoded, query: Encoded, *, way: int, shots: list[int],
+                  heads: tuple[str, ...], queries: int, episodes: int, seed: int) -> dict[int, dict[str, Any]]:
+    """shot -> head -> EpisodeResult: every head on the same episodes (the device's head code)."""
+    from edgessl.edge_runtime.fewshot.head import evaluate_heads
+
+    return {shot: evaluate_heads(support.features, support.labels, query.features, query.labels, heads=heads,
+                                 n_way=way, k_shot=shot, n_query=queries, episodes=episodes, seed=seed,
+                                 center=ev.center(support))
+            for shot in shots}
+
+
+# ---------------------------------------------------------------- open set
+
+def openset(ev: Evaluator, support: Encoded, query: Encoded, *, known: int, shot: int, splits: int, seed: int,
+            fallback: float, background: int) -> dict[str, Any]:
+    """AUROC, FAR at 95% TAR and operating points of calibrated vs global thresholds (the device's
+    calibration code), averaged over random splits into `known` enrolled and unknown classes."""
+    from edgessl.edge_runtime.fewshot.openset import evaluate_openset, summarize
+
+    results = evaluate_openset(support.features, support.labels, query.features, query.labels, known=known,
+                               shot=shot, splits=splits, seed=seed, center=ev.center(support),
+                               fallback=fallback, background=background)
+    return {"checkpoint": str(ev.path), "random_weights": ev.random_weights, "known": known, "shot": shot,
+            "splits": splits, "fallback": fallback, "background": background, "queries": len(query.labels),
+            "classes": support.class_names,
+            **{name: {"mean": m, "ci95": c} for name, (m, c) in summarize(results).items()}}

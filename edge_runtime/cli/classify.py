@@ -24,11 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Classify images, folders of images and videos against the enrolled classes. Prints one JSON "
         "line per image {source, label, score} and per processed video frame {source, frame, timestamp, "
-        "label, score}; label is 'unknown' below the threshold, and then 'nearest' names the closest class.")
+        "label, score}; label is 'unknown' below the chosen class's threshold (calibrated per class from "
+        "the gallery; the global --threshold for classes with too few exemplars, or all with --no-calibrate), "
+        "and then 'nearest' names the closest class.")
     add_model_arguments(parser)
     parser.add_argument("--threshold", type=float, default=0.5, metavar="T",
                         help="lowest centred cosine similarity to a class prototype that is "
-                             "not 'unknown' (default: %(default)s)")
+                             "not 'unknown', for classes too small to calibrate (default: %(default)s)")
+    parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                        help="use --threshold for every class instead of per-class calibrated thresholds")
+    parser.add_argument("--head", choices=("prototype", "fitted", "auto"), default="auto",
+                        help="what chooses the class: nearest prototype, a ridge classifier fitted on the "
+                             "gallery, or auto (by leave-one-out; default: %(default)s)")
     parser.add_argument("--every", type=positive_int, default=1, metavar="N",
                         help="process every N-th video frame (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
@@ -61,12 +68,13 @@ def run(args: argparse.Namespace) -> int:
     reader = FrameReader(args.sources, every=args.every)
     with (open_extractor(args) as extractor,
           Gallery(args.gallery, create=False) as gallery):
-        classifier = FewShotClassifier(extractor, gallery, threshold=args.threshold)
+        classifier = FewShotClassifier(extractor, gallery, threshold=args.threshold,
+                                       calibrated=args.calibrate, head=args.head)
         if not gallery.classes():
             log.warning("the gallery %s has no classes: every frame is 'unknown' (enroll some first)", args.gallery)
         count = 0
         for batch in _batches(iter(reader), args.batch_size):
-            predictions = classifier.classify([f.image for f in batch])
+            predictions = classifier.classify([f.image for f in batch], batch_size=args.batch_size)
             lines = [json.dumps(record(f, p)) for f, p in zip(batch, predictions, strict=True)]
             sys.stdout.write("\n".join(lines) + "\n")
             sys.stdout.flush()

@@ -1,4 +1,11 @@
-"""Enroll classes from a few images and classify frames by the nearest centred prototype.
+"""Enroll classes from a few images and classify frames: a head chooses the class, a threshold per
+class decides whether the query is that class or `unknown`.
+
+The head is the nearest centred prototype with few exemplars and a ridge classifier fitted on
+the gallery with more (head.py, `auto` chooses by leave-one-out). The thresholds are calibrated
+per class from the gallery (and optional background embeddings, calibration.py); a class with
+too few exemplars to calibrate keeps the global threshold. Both are refitted when the gallery
+changes (milliseconds), never at enrollment time.
 
 Negative examples ("this is not X"): a query that is closer (centred cosine) to one of X's
 negative examples than to X's prototype is not X; X's score becomes -1 for that query.
@@ -12,57 +19,112 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgessl.edge_runtime.fewshot.calibration import MIN_EXEMPLARS, ClassThreshold, calibrate_thresholds
 from edgessl.edge_runtime.fewshot.gallery import UNKNOWN, Gallery, validate_label
-from edgessl.edge_runtime.fewshot.prototypes import center_normalize, class_prototypes, nearest
+from edgessl.edge_runtime.fewshot.head import HEADS, Head, fit_head
+from edgessl.edge_runtime.fewshot.prototypes import center_normalize
 from edgessl.edge_runtime.inference.extractor import FeatureExtractor
 from edgessl.errors import GalleryError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["UNKNOWN", "ClassScores", "FewShotClassifier", "Prediction"]
+__all__ = ["UNKNOWN", "ClassScores", "ClassThreshold", "FewShotClassifier", "Head", "Prediction"]
 
 VETOED = -1.0  # the score of a class that a negative example rules out
 
 
 @dataclass(frozen=True)
 class Prediction:
-    label: str  # the nearest class, or "unknown" below the threshold or with an empty gallery
-    score: float  # centred cosine to the nearest prototype (0.0 with an empty gallery)
-    nearest: str | None  # the nearest class even when label is "unknown"; None with an empty gallery
+    label: str  # the chosen class, or "unknown" below its threshold or with an empty gallery
+    score: float  # centred cosine to the chosen class's prototype (0.0 with an empty gallery)
+    nearest: str | None  # the chosen class even when label is "unknown"; None with an empty gallery
+    threshold: float | None = None  # the chosen class's threshold that `score` was held against
 
 
 @dataclass(frozen=True)
 class ClassScores:
+    """Scores of N queries against C classes, and what is needed to decide on them.
+
+    A caller that smooths over time smooths `scores` and holds the winner against its entry
+    of `thresholds`; `decisions()` is the per-frame decision without smoothing."""
+
     labels: list[str]  # (C,) the enrolled classes, sorted
     scores: np.ndarray  # (N, C) centred cosine of each query to each prototype; VETOED by a negative
+    thresholds: np.ndarray | None = None  # (C,) each class's threshold on `scores`
+    chosen: np.ndarray | None = None  # (N,) the head's class index per query (None: argmax of scores)
 
     def __post_init__(self) -> None:
         if self.scores.ndim != 2 or self.scores.shape[1] != len(self.labels):
             raise ValueError(f"scores must be (N, {len(self.labels)}), got {self.scores.shape}")
+        if self.thresholds is not None and self.thresholds.shape != (len(self.labels),):
+            raise ValueError(f"thresholds must be ({len(self.labels)},), got {self.thresholds.shape}")
+        if self.chosen is not None and self.chosen.shape != (len(self.scores),):
+            raise ValueError(f"chosen must be ({len(self.scores)},), got {self.chosen.shape}")
+
+    def decisions(self, threshold: float = 0.5) -> list[Prediction]:
+        """One Prediction per query; `threshold` applies when there are no per-class thresholds."""
+        if not self.labels:
+            return [Prediction(UNKNOWN, 0.0, None) for _ in range(len(self.scores))]
+        idx = self.scores.argmax(axis=1) if self.chosen is None else self.chosen
+        best = self.scores[np.arange(len(idx)), idx]
+        limits = (np.full(len(self.labels), threshold, np.float32) if self.thresholds is None
+                  else self.thresholds)[idx]
+        return [Prediction(self.labels[i] if s >= t else UNKNOWN, float(s), self.labels[i], float(t))
+                for i, s, t in zip(idx, best, limits, strict=True)]
 
 
 @dataclass(frozen=True)
 class _Prototypes:
-    revision: tuple[int, int]
+    revision: tuple[int, int, int]  # the gallery's revision and the background's
     labels: list[str]
     protos: np.ndarray  # (C, D), centred and normalised
     negatives: np.ndarray  # (M, D), centred and normalised negative examples
     negative_class: np.ndarray  # (M,) index into labels of the class each negative rules out
+    thresholds: list[ClassThreshold]  # (C,) in the order of labels
+    head: Head | None  # None with an empty gallery
 
 
 class FewShotClassifier:
-    """Classes live in the gallery; the prototypes are cached until the gallery changes."""
+    """Classes live in the gallery; prototypes, head and thresholds are cached until it changes.
 
-    def __init__(self, extractor: FeatureExtractor, gallery: Gallery, threshold: float = 0.5) -> None:
+    threshold: the global threshold, used for every class with `calibrated=False` and as the
+    fallback for classes with fewer than `min_exemplars` exemplars with `calibrated=True`
+    (off by default so that existing callers keep their behaviour; the daemon and `edgessl
+    classify` turn it on). head: "prototype",
+    "fitted" or "auto" (head.py). background: optional (M, D) raw embeddings of what the cameras
+    see when nothing enrolled is there (also `set_background`)."""
+
+    def __init__(self, extractor: FeatureExtractor, gallery: Gallery, threshold: float = 0.5, *,
+                 calibrated: bool = False, head: str = "auto", background: np.ndarray | None = None,
+                 min_exemplars: int = MIN_EXEMPLARS) -> None:
         if not -1.0 <= threshold <= 1.0:
             raise GalleryError(f"threshold is a cosine similarity, so it must lie in [-1, 1]; got {threshold}")
+        if head not in HEADS:
+            raise GalleryError(f"unknown head {head!r}; valid heads: {', '.join(HEADS)}")
         self.extractor = extractor
         self.gallery = gallery
         self.threshold = threshold
+        self.calibrated = calibrated
+        self.head_kind = head
+        self.min_exemplars = min_exemplars
+        self._background: np.ndarray | None = None
+        self._background_revision = 0
         self._cache: _Prototypes | None = None
+        self.set_background(background)
         # Exemplars enrolled with an earlier model are re-embedded from their stored crops.
         if gallery.stale(extractor.fingerprint):
             gallery.reembed(extractor)
+
+    def set_background(self, embeddings: np.ndarray | None) -> None:
+        """Raw (M, D) embeddings of frames with nothing enrolled in them (None: none); the
+        thresholds are recalibrated on the next query."""
+        if embeddings is not None:
+            embeddings = np.asarray(embeddings, np.float32)
+            if embeddings.ndim != 2 or embeddings.shape[1] != self.extractor.embedding_dim:
+                raise GalleryError(f"background embeddings must be (M, {self.extractor.embedding_dim}); "
+                                   f"got {embeddings.shape}")
+        self._background = embeddings
+        self._background_revision += 1
 
     def enroll(self, label: str, images: Sequence[np.ndarray], *, negative: bool = False) -> int:
         """Add images as exemplars (or negative examples) of `label`; return how many were added."""
@@ -75,34 +137,62 @@ class FewShotClassifier:
     def forget(self, label: str) -> int:
         return self.gallery.forget(label)
 
+    def thresholds(self) -> list[ClassThreshold]:
+        """Each enrolled class's threshold (sorted by label) and the reason for it."""
+        return list(self._prototypes().thresholds)
+
+    def head(self) -> Head | None:
+        """The head in use (its kind, the reason, leave-one-out figures); None with an empty gallery."""
+        return self._prototypes().head
+
     def _prototypes(self) -> _Prototypes:
-        revision = self.gallery.revision
+        revision = (*self.gallery.revision, self._background_revision)
         if self._cache is None or self._cache.revision != revision:
             labels, emb = self.gallery.embeddings(self.extractor.fingerprint)
             dim = self.extractor.embedding_dim
+            center = self.extractor.center
+            head = None
             if labels:
-                unique, protos = class_prototypes(emb, np.asarray(labels), center=self.extractor.center)
+                head = fit_head(center_normalize(emb, center), np.asarray(labels), self.head_kind)
+                unique, protos = head.labels, head.protos
+                if self.calibrated:
+                    thresholds = calibrate_thresholds(labels, emb, center, self._background,
+                                                      fallback=self.threshold, min_exemplars=self.min_exemplars)
+                else:
+                    thresholds = [ClassThreshold(str(u), self.threshold, 1.0, False, "the global threshold "
+                                                 "(calibration is off)") for u in unique]
             else:
-                unique, protos = np.array([], str), np.zeros((0, dim), np.float32)
+                unique, protos, thresholds = np.array([], str), np.zeros((0, dim), np.float32), []
             names = [str(u) for u in unique]
             index = {name: i for i, name in enumerate(names)}
             neg_labels, neg_emb = self.gallery.embeddings(self.extractor.fingerprint, negative=True)
             keep = [i for i, lab in enumerate(neg_labels) if lab in index]  # negatives of a class with a prototype
-            negatives = (center_normalize(neg_emb[keep], self.extractor.center) if keep
+            negatives = (center_normalize(neg_emb[keep], center) if keep
                          else np.zeros((0, dim), np.float32))
             negative_class = np.array([index[neg_labels[i]] for i in keep], np.int64)
-            self._cache = _Prototypes(revision, names, protos, negatives, negative_class)
-            log.debug("prototypes of %d classes from %d exemplars", len(unique), len(labels))
+            self._cache = _Prototypes(revision, names, protos, negatives, negative_class, thresholds, head)
+            log.debug("%s head and thresholds of %d classes from %d exemplars",
+                      head.kind if head else "no", len(unique), len(labels))
         return self._cache
 
     def scores(self, images: Sequence[np.ndarray], batch_size: int = 32) -> ClassScores:
-        """The score of every query against every enrolled class (for smoothing over time);
-        `batch_size` images reach the backend at once."""
+        """The score of every query against every enrolled class (for smoothing over time), the
+        classes' thresholds and the head's choice; `batch_size` goes to the extractor's backend."""
         protos = self._prototypes()
+        thresholds = np.array([t.threshold for t in protos.thresholds], np.float32)
         if not images or not protos.labels:
-            return ClassScores(protos.labels, np.zeros((len(images), len(protos.labels)), np.float32))
-        queries = center_normalize(self.extractor.embed(images, batch_size), self.extractor.center)
-        return ClassScores(protos.labels, self._score(queries, protos))
+            # No classes: nothing to choose; no images: an empty choice.
+            chosen = np.zeros(len(images), np.int64) if protos.labels else None
+            return ClassScores(protos.labels, np.zeros((len(images), len(protos.labels)), np.float32),
+                               thresholds, chosen)
+        queries = center_normalize(self.extractor.embed(images, batch_size=batch_size), self.extractor.center)
+        table = self._score(queries, protos)
+        assert protos.head is not None
+        chosen = protos.head.predict(queries) if protos.head.kind == "fitted" else table.argmax(axis=1)
+        # A negative example that rules out the head's choice hands the query to the best cosine.
+        vetoed = table[np.arange(len(chosen)), chosen] == VETOED
+        chosen[vetoed] = table[vetoed].argmax(axis=1)
+        return ClassScores(protos.labels, table, thresholds, chosen)
 
     @staticmethod
     def _score(queries: np.ndarray, protos: _Prototypes) -> np.ndarray:
@@ -114,20 +204,7 @@ class FewShotClassifier:
                 scores[closest > scores[:, c], c] = VETOED
         return scores
 
-    def classify(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        protos = self._prototypes()
+    def classify(self, images: Sequence[np.ndarray], batch_size: int = 32) -> list[Prediction]:
         if not images:
             return []
-        if not protos.labels:
-            return [Prediction(UNKNOWN, 0.0, None) for _ in images]
-        queries = center_normalize(self.extractor.embed(images), self.extractor.center)
-        if len(protos.negatives):
-            table = self._score(queries, protos)
-            idx = table.argmax(axis=1)
-            scores = table[np.arange(len(idx)), idx]
-        else:
-            idx, scores = nearest(queries, protos.protos)
-        return [
-            Prediction(protos.labels[i] if s >= self.threshold else UNKNOWN, float(s), protos.labels[i])
-            for i, s in zip(idx, scores, strict=True)
-        ]
+        return self.scores(images, batch_size=batch_size).decisions(self.threshold)

@@ -5,8 +5,10 @@ out (mean grey level), or a near-duplicate of a shot already kept (mean absolute
 32x32 grey thumbnails), and the reason names the figure and the limit.
 
 Classes: the number of exemplars, the leave-one-out accuracy (each exemplar classified
-against the prototypes made without it) and the nearest confusable class (the other
-prototype closest to this one), so a person knows when a class has enough examples.
+against the prototypes made without it), the nearest confusable class (the other
+prototype closest to this one), the leave-one-out margin to it, the class's calibrated
+threshold, and a recommendation a person can act on ("add 3 more shots from another angle",
+"this looks like X: add negatives", "enough"), so a person knows when a class has enough.
 """
 
 from __future__ import annotations
@@ -18,11 +20,16 @@ import cv2
 import numpy as np
 
 from edgessl.edge_runtime.daemon.config import EnrollmentConfig
+from edgessl.edge_runtime.fewshot.calibration import ClassThreshold, calibrate_thresholds
 from edgessl.edge_runtime.fewshot.prototypes import center_normalize
 from edgessl.edge_runtime.inference.preprocess import to_bgr
 
 SHARPNESS_SIDE = 256  # crops are scaled to this longer side before measuring sharpness
 THUMB = 32
+ENOUGH_SHOTS = 5  # below this, more shots are the first advice (5-10 varied shots give a stable prototype)
+MORE_SHOTS = 3  # how many more shots to ask for at a time
+MIN_LOO = 0.8  # below this leave-one-out accuracy a class is often mistaken for another
+MIN_MARGIN = 0.05  # below this mean leave-one-out margin a class sits on top of another
 
 
 @dataclass(frozen=True)
@@ -89,9 +96,30 @@ class ClassQuality:
     nearest_class: str | None  # the other class whose prototype is closest; None when it is the only class
     nearest_similarity: float | None  # centred cosine between the two prototypes
     advice: str
+    # Mean over exemplars of (similarity to the own prototype without it - the best other prototype's):
+    # > 0 the class stands apart, < 0 its exemplars sit closer to another class. None as loo_accuracy.
+    margin: float | None = None
+    threshold: float | None = None  # the class's threshold (calibration.py)
+    threshold_calibrated: bool | None = None  # False: the global fallback
+    threshold_reason: str | None = None
+    recommendation: str = ""  # the one next step: "add 3 more shots from another angle", ..., "enough"
 
     def as_dict(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def recommendation(label: str, n: int, loo: float | None, margin: float | None, nearest: str | None) -> str:
+    """The next thing a person should do for this class, or "enough"."""
+    if n == 0:
+        return f"only negative examples: add shots of {label}"
+    if n < ENOUGH_SHOTS and (loo is None or loo >= MIN_LOO):
+        k = ENOUGH_SHOTS - n
+        return f"add {k} more shot{'s' if k > 1 else ''} from another angle"
+    if nearest is not None and ((loo is not None and loo < MIN_LOO) or (margin is not None and margin < MIN_MARGIN)):
+        return f"this looks like {nearest}: add negatives (shots of {nearest} marked 'not {label}')"
+    if loo is not None and loo < 1.0:
+        return f"add {MORE_SHOTS} more shots from another angle"
+    return "enough"
 
 
 def _advice(n: int, loo: float | None, nearest: str | None, similarity: float | None) -> str:
@@ -108,10 +136,14 @@ def _advice(n: int, loo: float | None, nearest: str | None, similarity: float | 
 
 
 def class_quality(labels: Sequence[str], embeddings: np.ndarray, center: np.ndarray | None,
-                  counts: dict[str, tuple[int, int]] | None = None) -> list[ClassQuality]:
+                  counts: dict[str, tuple[int, int]] | None = None, *,
+                  thresholds: Sequence[ClassThreshold] | None = None, background: np.ndarray | None = None,
+                  fallback: float = 0.5) -> list[ClassQuality]:
     """Figures per class from the positive exemplars' raw embeddings (labels[i] is row i's class).
 
-    `counts` (label -> (exemplars, negatives)) adds classes that have no positive exemplar."""
+    `counts` (label -> (exemplars, negatives)) adds classes that have no positive exemplar.
+    `thresholds`: the classifier's (FewShotClassifier.thresholds()), so the page shows the ones in
+    use; without them they are calibrated here from the gallery (and `background`, `fallback`)."""
     labels_arr = np.asarray(labels)
     unique = sorted(set(labels) | set(counts or {}))
     with_rows = [c for c in unique if (labels_arr == c).any()]
@@ -127,6 +159,7 @@ def class_quality(labels: Sequence[str], embeddings: np.ndarray, center: np.ndar
 
     # Leave one out: exemplar i against its own class's prototype without it, and every other prototype.
     correct = np.zeros(len(with_rows), np.int64)
+    margin_sum = np.zeros(len(with_rows), np.float64)
     if len(labels):
         scores = x @ protos.T  # (N, C)
         own = np.array([index[lab] for lab in labels])
@@ -134,16 +167,24 @@ def class_quality(labels: Sequence[str], embeddings: np.ndarray, center: np.ndar
         scores[np.arange(len(x)), own] = np.einsum("nd,nd->n", x, loo_protos)
         hit = scores.argmax(axis=1) == own
         np.add.at(correct, own, hit.astype(np.int64))
+        if len(with_rows) >= 2:
+            others = scores.copy()
+            others[np.arange(len(x)), own] = -np.inf
+            np.add.at(margin_sum, own, scores[np.arange(len(x)), own] - others.max(axis=1))
+    if thresholds is None:
+        thresholds = calibrate_thresholds(list(labels), embeddings, center, background, fallback=fallback)
+    by_label = {t.label: t for t in thresholds}
 
     out = []
     for label in unique:
         n = int((labels_arr == label).sum())
         neg = (counts or {}).get(label, (n, 0))[1]
-        loo = nearest = similarity = None
+        loo = nearest = similarity = margin = None
         if label in index:
             i = index[label]
             if n >= 2 and len(with_rows) >= 2:
                 loo = float(correct[i] / n)
+                margin = round(float(margin_sum[i] / n), 4)
             elif n >= 2:
                 loo = 1.0  # one class: nothing to confuse it with
             if len(with_rows) >= 2:
@@ -151,6 +192,9 @@ def class_quality(labels: Sequence[str], embeddings: np.ndarray, center: np.ndar
                 sims[i] = -np.inf
                 j = int(sims.argmax())
                 nearest, similarity = with_rows[j], round(float(sims[j]), 4)
+        t = by_label.get(label)
         out.append(ClassQuality(label, n, neg, None if loo is None else round(loo, 4), nearest, similarity,
-                                _advice(n, loo, nearest, similarity)))
+                                _advice(n, loo, nearest, similarity), margin,
+                                None if t is None else round(t.threshold, 4), None if t is None else t.calibrated,
+                                None if t is None else t.reason, recommendation(label, n, loo, margin, nearest)))
     return out

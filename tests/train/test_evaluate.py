@@ -91,3 +91,30 @@ def test_knn_on_real_cifar_beats_chance_with_random_weights(run, capsys):
     r = eval_json(capsys, "knn", str(run / "run"), "--train", str(CIFAR / "train"), "--test", str(CIFAR / "test"),
                   "--per-class", "30", "--random-weights")
     assert r["train"] == 300 and r["top1"] > 0.12  # 10 classes: chance is 0.10
+
+
+def test_eval_fewshot_heads_and_openset(run, capsys):
+    r = eval_json(capsys, "fewshot", str(run / "run"), "--support", str(run / "train"), "--query",
+                  str(run / "test"), "--way", "3", "--queries", "3", "--episodes", "6", "--head", "all",
+                  "--shots", "2,5")
+    got = {(x["shot"], x["head"]) for x in r["results"]}
+    assert got == {(k, h) for k in (2, 5) for h in ("prototype", "fitted", "auto")}
+    by = {(x["shot"], x["head"]): x["accuracy"] for x in r["results"]}
+    assert by[(2, "auto")] == by[(2, "prototype")]  # below 10 shots auto is the prototype
+    r = eval_json(capsys, "fewshot", str(run / "run"), "--support", str(run / "train"), "--query",
+                  str(run / "test"), "--way", "3", "--shot", "3", "--queries", "3", "--episodes", "6",
+                  "--head", "fitted")
+    assert [x["head"] for x in r["results"]] == ["fitted"] and 0 <= r["results"][0]["accuracy"] <= 1
+
+    r = eval_json(capsys, "openset", str(run / "run"), "--support", str(run / "train"), "--query",
+                  str(run / "test"), "--known", "3", "--shot", "3", "--splits", "4")
+    assert r["known"] == 3 and r["splits"] == 4 and r["queries"] == 30
+    for name in ("auroc_global", "auroc_calibrated", "far95_global", "far95_calibrated", "tar_fixed",
+                 "far_calibrated"):
+        assert 0 <= r[name]["mean"] <= 1 and r[name]["ci95"] >= 0
+    from edgessl.cli import main
+
+    assert main(["eval", "openset", str(run / "run"), "--support", str(run / "train"), "--query",
+                 str(run / "test"), "--known", "3", "--shot", "3", "--splits", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "AUROC" in text and "FAR @ 95% TAR" in text and "calibrated" in text
