@@ -178,7 +178,10 @@ class ModelConfig(StrictModel):
 
 class ClassifierConfig(StrictModel):
     threshold: float = Field(default=0.5, ge=-1, le=1, description="lowest (smoothed) centred cosine similarity to a "
-                             "class prototype that names the class; below it the label is 'unknown'")
+                             "class prototype that names the class; below it the label is 'unknown'. With "
+                             "calibrate, the fallback for classes with too few exemplars to calibrate")
+    calibrate: bool = Field(default=True, description="derive each class's threshold from its own exemplars "
+                            "(leave-one-out similarity, distance to the nearest other class); shown in /v1/classes")
 
 
 class SmoothingConfig(StrictModel):

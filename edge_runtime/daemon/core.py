@@ -221,7 +221,7 @@ class Daemon:
                 try:
                     with self.models.use() as model:
                         if model.generation != generation:
-                            classifier = FewShotClassifier(model.extractor, gallery, self.config.classifier.threshold)
+                            classifier = self.classifier(model, gallery)
                             generation = model.generation
                             self.pipeline.reset()
                         assert classifier is not None
@@ -238,6 +238,11 @@ class Daemon:
                     self._stop.wait(0.5)  # do not spin on a persistent error
         finally:
             gallery.close()
+
+    def classifier(self, model: LoadedModel, gallery: Gallery) -> FewShotClassifier:
+        """The classifier the daemon decides with (also what /v1/classes reports thresholds of)."""
+        c = self.config.classifier
+        return FewShotClassifier(model.extractor, gallery, c.threshold, calibrated=c.calibrate)
 
     def _count_gallery(self, gallery: Gallery) -> None:
         classes = gallery.classes()

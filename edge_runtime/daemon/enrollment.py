@@ -15,6 +15,7 @@ from edgessl.edge_runtime.daemon.errors import Conflict, DaemonError, NotFound, 
 from edgessl.edge_runtime.daemon.model import ModelService
 from edgessl.edge_runtime.daemon.pipeline import crop
 from edgessl.edge_runtime.daemon.streams import CameraStream, State
+from edgessl.edge_runtime.fewshot.calibration import ClassThreshold
 from edgessl.edge_runtime.fewshot.gallery import Gallery, validate_label
 from edgessl.edge_runtime.fewshot.quality import check_shot, class_quality
 from edgessl.errors import EdgesslError
@@ -117,7 +118,13 @@ class Enrollment:
             counts = {c.label: (c.exemplars, c.negatives) for c in gallery.classes()}
             labels, emb = gallery.embeddings(model.extractor.fingerprint)
             exemplars = gallery.exemplars(label)
-        report = class_quality(labels, emb, model.extractor.center, counts)
+        c = self.config.classifier
+        # The thresholds the inference loop uses: calibrated from the same gallery, or the global one.
+        thresholds = None if c.calibrate else [
+            ClassThreshold(label, c.threshold, 1.0, False, "calibration off: the global threshold")
+            for label in sorted(counts)]
+        report = class_quality(labels, emb, model.extractor.center, counts, thresholds=thresholds,
+                               fallback=c.threshold)
         out = []
         for q in report:
             if label is not None and q.label != label:

@@ -135,6 +135,8 @@ class Pipeline:
                  for i in range(0, len(crops), max_batch)]
         labels = tuple(parts[-1].labels) if parts else ()
         scores = np.concatenate([p.scores for p in parts]) if parts else np.zeros((0, 0), np.float32)
+        limits = parts[-1].thresholds if parts else None
+        thresholds = dict(zip(labels, limits.tolist(), strict=True)) if limits is not None else None
         took = time.perf_counter() - t0
         self.metrics.inference_seconds.observe(took)
         self.metrics.batch_size.observe(len(crops))
@@ -143,7 +145,7 @@ class Pipeline:
         decisions: list[Decision] = []
         for (frame, region), row in zip(owners, scores, strict=True):
             key = (frame.camera, region.name)
-            decision = self._smoothers[key].update(dict(zip(labels, row.tolist(), strict=True)))
+            decision = self._smoothers[key].update(dict(zip(labels, row.tolist(), strict=True)), thresholds)
             decisions.append(decision)
             self.metrics.capture_to_decision.labels(frame.camera).observe(decided_mono - frame.captured_mono)
             with self._lock:

@@ -42,6 +42,7 @@ class Smoother:
         self.hysteresis = hysteresis
         self.consecutive = consecutive
         self.ema: dict[str, float] = {}
+        self.limits: Mapping[str, float] = {}  # per-class thresholds (calibrated); `threshold` otherwise
         self.label: str | None = None
         self._candidate: str | None = None
         self._streak = 0
@@ -58,12 +59,17 @@ class Smoother:
         current = self.label
         if current is not None and current != UNKNOWN and current in self.ema:
             cur_score = self.ema[current]
-            if cur_score >= self.threshold - self.hysteresis and best_score <= cur_score + self.hysteresis:
+            if cur_score >= self._limit(current) - self.hysteresis and best_score <= cur_score + self.hysteresis:
                 return current
-        return best if best_score >= self.threshold else UNKNOWN
+        return best if best_score >= self._limit(best) else UNKNOWN
 
-    def update(self, scores: Mapping[str, float]) -> Decision:
-        """Add one frame's scores (class -> score; classes not listed are forgotten)."""
+    def _limit(self, label: str) -> float:
+        return self.limits.get(label, self.threshold)
+
+    def update(self, scores: Mapping[str, float], thresholds: Mapping[str, float] | None = None) -> Decision:
+        """Add one frame's scores (class -> score; classes not listed are forgotten); `thresholds`:
+        each class's own threshold (the classes' calibrated ones), else `threshold` for all."""
+        self.limits = thresholds or {}
         for label in [k for k in self.ema if k not in scores]:
             del self.ema[label]
         a = self.alpha

@@ -104,6 +104,9 @@ def test_enroll_uploaded_images_then_classes_and_thumbnails(api):
     classes = {c["label"]: c for c in client.get("/v1/classes").json()}
     red = classes["red"]
     assert red["exemplars"] == 4 and red["loo_accuracy"] == 1.0 and len(red["exemplar_ids"]) == 4
+    # The class's own threshold (calibrated from its 4 exemplars), with the reason and a recommendation.
+    assert red["threshold_calibrated"] is True and -1 <= red["threshold"] <= 1 and red["threshold_reason"]
+    assert red["recommendation"]
     thumb = client.get(f"/v1/exemplars/{red['exemplar_ids'][0]}.jpg")
     assert thumb.headers["content-type"] == "image/jpeg"
     assert cv2.imdecode(np.frombuffer(thumb.content, np.uint8), cv2.IMREAD_COLOR).shape == (120, 160, 3)
