@@ -53,15 +53,17 @@ class _Prototypes:
 class FewShotClassifier:
     """Classes live in the gallery; the prototypes are cached until the gallery changes."""
 
-    def __init__(self, extractor: FeatureExtractor, gallery: Gallery, threshold: float = 0.5) -> None:
+    def __init__(self, extractor: FeatureExtractor, gallery: Gallery, threshold: float = 0.5, *,
+                 reembed: bool = True) -> None:
         if not -1.0 <= threshold <= 1.0:
             raise GalleryError(f"threshold is a cosine similarity, so it must lie in [-1, 1]; got {threshold}")
         self.extractor = extractor
         self.gallery = gallery
         self.threshold = threshold
         self._cache: _Prototypes | None = None
-        # Exemplars enrolled with an earlier model are re-embedded from their stored crops.
-        if gallery.stale(extractor.fingerprint):
+        # Exemplars enrolled with an earlier model are re-embedded from their stored crops (the
+        # daemon passes reembed=False: it re-embeds in the background, in batches).
+        if reembed and gallery.stale(extractor.fingerprint):
             gallery.reembed(extractor)
 
     def enroll(self, label: str, images: Sequence[np.ndarray], *, negative: bool = False) -> int:
