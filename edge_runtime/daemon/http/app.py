@@ -105,8 +105,12 @@ class EnrollRequest(BaseModel):
     @classmethod
     def _label(cls, value: str) -> str:
         from edgessl.edge_runtime.fewshot.gallery import normalize_label
+        from edgessl.errors import GalleryError
 
-        return normalize_label(value)  # GalleryError is a ValueError: a 422
+        try:
+            return normalize_label(value)
+        except GalleryError as exc:
+            raise ValueError(str(exc)) from None  # a 422 saying what a valid label is
 
 
 def create_app(daemon: Daemon, token: str) -> Any:
