@@ -161,13 +161,15 @@ class Enrollment:
     def forget(self, label: str) -> tuple[str, int]:
         """Remove the class `label` names (exactly, or up to case and spacing); works on a full
         disk (see `_freeing`). Returns (the stored label, exemplars removed)."""
-        with self._gallery(f"cannot read the gallery to delete {label!r}") as gallery:
+        def remove(gallery: Gallery) -> tuple[str, int]:
             stored = gallery.find_class(label)
             if stored is None:
                 known = [c.label for c in gallery.classes()]
                 raise NotFound(f"no class {label!r} in the gallery; classes: "
                                f"{', '.join(map(repr, known)) or '(none)'}")
-        return stored, self._freeing(f"cannot delete class {stored!r}", lambda g: g.forget(stored))
+            return stored, gallery.forget(stored)
+
+        return self._freeing(f"cannot delete class {label!r}", remove)
 
     def class_report(self, label: str | None = None) -> list[dict[str, Any]]:
         """Per class: exemplars, negatives, leave-one-out accuracy, nearest confusable class,

@@ -202,9 +202,17 @@ class Gallery:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+        except GalleryStorageError as exc:  # from _migrate's transaction
+            self._db.close()
+            if exc.full:
+                raise
+            self._open_read_only(exc)
         except sqlite3.OperationalError as exc:
             self._db.close()
-            if _storage_error(self.path, exc) is None and "unable to open" not in str(exc):
+            storage = _storage_error(self.path, exc)
+            if storage is not None and storage.full:
+                raise storage from exc
+            if storage is None and "unable to open" not in str(exc):
                 raise GalleryError(f"{self.path}: not a usable gallery database: {exc}") from exc
             self._open_read_only(exc)
         except sqlite3.DatabaseError as exc:
@@ -214,13 +222,13 @@ class Gallery:
             self._db.close()
             raise
 
-    def _open_read_only(self, why: sqlite3.Error) -> None:
+    def _open_read_only(self, why: Exception) -> None:
         """Open for reading when writing is impossible (read-only file or filesystem); every
         write then raises GalleryStorageError. A WAL file without its -shm on a read-only
         filesystem can only be read as immutable."""
         if not self.path.exists():
             raise GalleryError(f"{self.path}: cannot create the gallery: {why}") from why
-        last: sqlite3.Error = why
+        last: Exception = why
         for query in ("mode=ro", "mode=ro&immutable=1"):
             db = sqlite3.connect(f"file:{self.path}?{query}", uri=True, isolation_level=None, timeout=30.0)
             try:
@@ -240,6 +248,10 @@ class Gallery:
         raise GalleryError(f"{self.path}: cannot open the gallery, not even read-only: {last}") from last
 
     def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        staged = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'staged_embeddings'").fetchone()
+        if version == SCHEMA_VERSION and staged:
+            return  # nothing to write (a full or read-only disk can still be read)
         with self._transaction():
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
