@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 WEB = FsPath(__file__).resolve().parent / "web"
 JSON_BODY_LIMIT = 1 << 20
 MAX_ID = 2**63 - 1  # SQLite's largest integer
-LABEL_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_LABEL_CHARS, "pattern": "^[^/\\\\]+$",
+LABEL_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_LABEL_CHARS,
+                "pattern": "^[^/\\\\\\u0000-\\u001f\\u007f-\\u009f]+$",
                 "description": f"1-{MAX_LABEL_CHARS} printable characters without / or \\ (NFC, trimmed; "
                 "case and spacing do not make a new class; 'unknown' is reserved)"}
 
@@ -59,7 +60,7 @@ class ErrorBody(BaseModel):
     detail: Any = Field(description="what went wrong and what to do (text), or the validation errors (list)")
 
 
-_WHY = {400: "bad request (malformed form or image)", 401: "missing or wrong API token",
+_WHY = {400: "bad request (malformed JSON, form or image)", 401: "missing or wrong API token",
         403: "refused (e.g. uploads without a device root)", 404: "no such camera, region, class or exemplar",
         405: "method not allowed", 409: "conflict (camera not streaming, install running)",
         413: "body or image too large (bytes or decoded pixels)", 415: "unsupported content type",
@@ -314,7 +315,7 @@ def create_app(daemon: Daemon, token: str) -> Any:
               summary="capture shots of a region from the live camera, check their quality, enroll them",
               description=f"At most {daemon.config.enrollment.max_live_per_camera} at once per camera and "
               f"{daemon.config.enrollment.max_live_total} on the device; past that 429 with Retry-After.",
-              responses=errors(401, 404, 409, 413, 422, 429, 503, 507))
+              responses=errors(400, 401, 404, 409, 413, 422, 429, 503, 507))
     async def enroll_live(camera_id: str, body: EnrollRequest) -> dict[str, Any]:
         daemon.enrollment._find_stream(camera_id)  # 404 at once
         return await daemon.live.run(camera_id, daemon.enrollment.enroll_live, camera_id, body.label,
@@ -332,9 +333,9 @@ def create_app(daemon: Daemon, token: str) -> Any:
               "field `bundle` of a multipart form (with an optional `allow_downgrade` field). It is written "
               "to state_dir/incoming as it arrives, never held in memory.",
               openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
+                  "application/x-tar": {"schema": {"type": "string", "format": "binary", "minLength": 1}},
                   "multipart/form-data": {"schema": {"type": "object", "required": ["bundle"], "properties": {
-                      "bundle": {"type": "string", "format": "binary"},
+                      "bundle": {"type": "string", "format": "binary", "minLength": 1},
                       "allow_downgrade": {"type": "boolean"}}}}}}},
               responses=errors(400, 401, 403, 409, 413, 422, 503, 507))
     async def upload_model(request: Request,
