@@ -189,7 +189,8 @@ def test_live_enrollment_with_quality_gates(api):
     assert client.post("/v1/cameras/nope/enroll", headers=AUTH, json={"label": "x"}).status_code == 404
     assert client.post("/v1/cameras/red/enroll", headers=AUTH,
                        json={"label": "x", "region": "nope"}).status_code == 404
-    assert client.post("/v1/cameras/red/enroll", headers=AUTH, json={"label": "unknown"}).status_code == 400
+    # an invalid label is a validation error of the request (issue 13): 422
+    assert client.post("/v1/cameras/red/enroll", headers=AUTH, json={"label": "unknown"}).status_code == 422
     assert client.post("/v1/cameras/red/enroll", headers=AUTH, json={"label": "x", "bogus": 1}).status_code == 422
 
 
