@@ -207,6 +207,23 @@ class ApiConfig(StrictModel):
     max_image_upload_bytes: int = Field(default=20 * 2**20, ge=1024, description="largest enrollment upload (all images)")
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="largest image accepted, in pixels")
     max_bundle_bytes: int = Field(default=1 << 30, ge=1024, description="largest model bundle upload (.tar)")
+    # Decoded pixels, not compressed bytes, are what costs memory and time: a 133 KB PNG can
+    # hold 40 M pixels (120 MB decoded). Image headers are read before anything is decoded.
+    max_request_pixels: int = Field(default=500_000_000, ge=1, description="most decoded pixels of all images of "
+                                    "one enrollment upload (decoded one at a time and scaled down at once)")
+    max_pixels_in_flight: int = Field(default=48_000_000, ge=1, description="most pixels being decoded at once, over "
+                                      "all requests (bounds the memory of decoding; at least max_image_pixels)")
+    workers: int = Field(default=2, ge=1, le=32, description="worker threads that decode and embed uploads (off the "
+                         "event loop, so health and state answer while they work)")
+    max_queued: int = Field(default=8, ge=1, le=1000, description="uploads waiting for or in a worker; past it a "
+                            "request is answered 503 with Retry-After")
+
+    @model_validator(mode="after")
+    def _budget_fits_an_image(self) -> ApiConfig:
+        if self.max_pixels_in_flight < self.max_image_pixels:
+            raise ValueError(f"api.max_pixels_in_flight ({self.max_pixels_in_flight}) is below api.max_image_pixels "
+                             f"({self.max_image_pixels}): the largest accepted image could never be decoded")
+        return self
 
 
 class EnrollmentConfig(StrictModel):
@@ -222,6 +239,15 @@ class EnrollmentConfig(StrictModel):
     frames: int = Field(default=5, ge=1, le=100, description="shots to keep per live enrollment (default of the request)")
     interval_s: float = Field(default=0.3, ge=0, le=60, description="least time between two shots")
     timeout_s: float = Field(default=20.0, gt=0, le=600, description="give up collecting shots after this long")
+    max_live_per_camera: int = Field(default=2, ge=1, le=100, description="live enrollments running at once on one "
+                                     "camera; past it a request is answered 429 with Retry-After")
+    max_live_total: int = Field(default=4, ge=1, le=100, description="live enrollments running at once on all cameras")
+    max_crop_side: int | None = Field(default=None, ge=16, description="longest side of a stored exemplar crop, in "
+                                      "pixels (larger ones are scaled down); default: 4x the model's input size")
+    reembed_batch: int = Field(default=16, ge=1, le=1024, description="exemplars re-embedded per transaction after a "
+                               "model change (a crash loses at most one batch)")
+    reembed_pause_s: float = Field(default=0.0, ge=0, le=10, description="pause between two re-embedding batches in "
+                                   "the background, leaving the CPU to inference on a small device")
 
 
 class DaemonConfig(StrictModel):
@@ -243,6 +269,8 @@ class DaemonConfig(StrictModel):
     api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API and web page")
     enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig, description="live enrollment")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="logging level")
+    storage_reserve_bytes: int = Field(default=2 << 20, ge=0, description="space kept in state_dir/.reserve and "
+                                       "given up when the disk is full, so that classes can still be deleted")
 
     @field_validator("cameras")
     @classmethod

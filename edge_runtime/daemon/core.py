@@ -34,8 +34,10 @@ from edgessl.edge_runtime.daemon.model import LoadedModel, ModelService
 from edgessl.edge_runtime.daemon.pipeline import Batch, Pipeline
 from edgessl.edge_runtime.daemon.sinks import Event, Sink, SinkRunner, first_sink, start_sinks
 from edgessl.edge_runtime.daemon.sinks.mqtt import MqttSink
+from edgessl.edge_runtime.daemon.storage import Storage
 from edgessl.edge_runtime.daemon.streams import CameraStream, Opener, State, open_capture
 from edgessl.edge_runtime.daemon.systemd import sd_notify, watchdog_interval
+from edgessl.edge_runtime.daemon.work import Slots, WorkPool
 from edgessl.edge_runtime.fewshot.classifier import FewShotClassifier
 from edgessl.edge_runtime.fewshot.gallery import Gallery
 
@@ -63,7 +65,13 @@ class Daemon:
         self.hub = EventHub()
         self.models = ModelService(config, self.metrics, self.hub)
         self.pipeline = Pipeline(config, self.streams, self.metrics, self._emit)
-        self.enrollment = Enrollment(config, self.models, self.streams, self._stop)
+        self.storage = Storage(config.state_dir, config.gallery_path, config.storage_reserve_bytes)
+        self.enrollment = Enrollment(config, self.models, self.streams, self._stop, storage=self.storage)
+        # Decoding and embedding of uploads, and live enrollments, run off the API's event loop
+        # and thread pool, bounded (see work.py).
+        self.work = WorkPool(config.api.workers, config.api.max_queued, config.api.max_pixels_in_flight)
+        self.live = Slots(config.enrollment.max_live_per_camera, config.enrollment.max_live_total,
+                          "live enrollment")
         self._sinks: list[SinkRunner] = []
         self._threads: list[threading.Thread] = []
         self._heartbeat = time.monotonic()
@@ -84,7 +92,16 @@ class Daemon:
             raise RuntimeError("daemon already started")
         self._started = True
         cfg = self.config
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("cannot create state_dir %s: %s", cfg.state_dir, exc)
+        # Storage first: a read-only state_dir or gallery is reported (log, /health), not fatal;
+        # leftovers of uploads interrupted by a crash are removed.
+        self.storage.check()
+        if self.storage.state_writable:
+            self.storage.clean_incoming()
+            self.storage.make_reserve()
         model = self.models.start()
         with Gallery(self.gallery_path) as gallery:
             self._count_gallery(gallery)
@@ -130,6 +147,8 @@ class Daemon:
         for stream in self.streams.values():
             if not stream.join(readers_until - time.monotonic()):
                 log.info("camera %s: reader still blocked in FFmpeg; left behind", stream.id)
+        self.work.close()
+        self.live.close()
         if not any(t.is_alive() for t in self._threads if t.name == "inference"):
             self.models.close()
         log.info("daemon %s stopped in %.1f s", self.device, time.monotonic() - start)
@@ -170,11 +189,6 @@ class Daemon:
         thread.start()
         self._threads.append(thread)
 
-
-    def _spawn(self, name: str, target: Callable[[], None]) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
 
     @property
     def model(self) -> LoadedModel:
@@ -242,7 +256,8 @@ class Daemon:
     def classifier(self, model: LoadedModel, gallery: Gallery) -> FewShotClassifier:
         """The classifier the daemon decides with (also what /v1/classes reports thresholds of)."""
         c = self.config.classifier
-        return FewShotClassifier(model.extractor, gallery, c.threshold, calibrated=c.calibrate)
+        return FewShotClassifier(model.extractor, gallery, c.threshold, calibrated=c.calibrate,
+                                 reembed=False)  # ModelService re-embeds in batches
 
     def _count_gallery(self, gallery: Gallery) -> None:
         classes = gallery.classes()
@@ -274,8 +289,9 @@ class Daemon:
         cameras = {cid: s.status().as_dict() for cid, s in self.streams.items()}
         alive = self.inference_alive()
         streaming = all(c["state"] == State.STREAMING for c in cameras.values())
+        storage = self.storage.status()
         return {
-            "status": "ok" if alive and streaming else ("degraded" if alive else "failed"),
+            "status": "ok" if alive and streaming and storage["ok"] else ("degraded" if alive else "failed"),
             "device": self.device,
             "uptime_s": round(time.time() - self._started_at, 1),
             "model": self.model.info() if self.models.holder is not None else None,
@@ -283,6 +299,9 @@ class Daemon:
             "inference": {"alive": alive, "last_batch": self.pipeline.last_batch, "errors": self.loop_errors,
                           "last_error": self.last_loop_error},
             "sinks": self.sink_status(),
+            "storage": storage,  # problems: a read-only or unwritable state_dir or gallery (the page shows them)
+            "gallery": {"reembedding": dict(self.models.reembedding)},
+            "work": {**self.work.status(), "live_enrollments": self.live.status()},
         }
 
     def cameras(self) -> list[dict[str, Any]]:

@@ -32,3 +32,28 @@ class Rejected(DaemonError):
 
 class Forbidden(DaemonError):
     status = 403
+
+
+class Busy(DaemonError):
+    """The bounded work queue (or the live-enrollment slots) is full: try again later.
+    Answered 429 (or 503 for a daemon-wide limit) with `Retry-After`."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: int = 2, *, status: int = 429,
+                 detail: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message, detail)
+        self.status = status
+        self.headers = {"Retry-After": str(max(1, int(retry_after_s)))}
+
+
+class InsufficientStorage(DaemonError):
+    """A filesystem the daemon writes to is full (507)."""
+
+    status = 507
+
+
+class StorageUnavailable(DaemonError):
+    """Storage the daemon must write to is read-only or unwritable (503)."""
+
+    status = 503

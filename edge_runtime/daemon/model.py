@@ -5,9 +5,14 @@ runs the artifact that the device's health check verified at install (`device.sl
 active_model`); with `model.bundle`, ONNX Runtime on the fp32 model. `model.backend` and
 `model.precision`, when set, override either.
 
-A new model is loaded and checked beside the running one; then, with the inference paused
-(`ModelHolder.swap`), the gallery is re-embedded from its stored crops and the models are
-swapped. Uploaded bundles are installed only through the device root's A/B installer, which
+A new model is loaded and checked beside the running one; the gallery's crops are embedded
+with it into a side table in small batches while the running model keeps serving its own
+embeddings; then, with the inference paused (`ModelHolder.swap`), the staged embeddings are
+moved into place (one short transaction, plus the few exemplars enrolled meanwhile) and the
+models are swapped. A gallery found stale at start (the model changed while the daemon was
+down) is re-embedded in the background, in batches committed one by one, round-robin over
+classes: the API and the streams come up at once, every class is served again from the first
+batches on, and a crash loses at most one batch. Uploaded bundles are installed only through the device root's A/B installer, which
 verifies the signature against the root's trusted keys before anything is written: a daemon
 that runs a plain bundle folder has nowhere trusted to install to, so it refuses uploads and
 says how to set up a device root.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
@@ -31,6 +37,7 @@ from edgessl.edge_runtime.daemon.metrics import Metrics
 from edgessl.edge_runtime.device.selection import RunPlan, choose
 from edgessl.edge_runtime.fewshot.gallery import Gallery
 from edgessl.edge_runtime.inference.extractor import FeatureExtractor
+from edgessl.errors import EdgesslError
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +120,9 @@ class ModelService:
         self.holder: ModelHolder | None = None
         self._generation = 0
         self._install_lock = threading.Lock()
+        self._reembed_stop = threading.Event()
+        self._reembed_thread: threading.Thread | None = None
+        self.reembedding: dict[str, Any] = {"running": False, "done": 0, "total": 0, "model": None, "error": None}
 
     # -- what runs ----------------------------------------------------------------------------
 
@@ -159,13 +169,71 @@ class ModelService:
                                model.plan.artifact.label, model.plan.precision)
 
     def start(self) -> LoadedModel:
+        """Reconcile the device root (if any), load the model, and start re-embedding a stale
+        gallery in the background (the caller need not wait for it)."""
+        if self.config.model.root is not None:
+            self._reconcile_root(Path(self.config.model.root))
         model = self.load(self.initial_bundle())
-        with Gallery(self.config.gallery_path) as gallery:
-            if gallery.stale(model.extractor.fingerprint):
-                gallery.reembed(model.extractor)
         self.holder = ModelHolder(model)
         self._announce(model)
+        self._start_reembed(model)
         return model
+
+    @staticmethod
+    def _reconcile_root(root: Path) -> None:
+        """What an interrupted install left (staging folders, a state file that disagrees with
+        `current`) is repaired before the active slot is loaded; `recover` logs and notes it."""
+        from edgessl.edge_runtime.device.slots import locked, recover
+
+        try:
+            with locked(root):
+                recover(root)
+        except EdgesslError as exc:
+            log.warning("%s: device root not reconciled at start: %s", root, exc)
+
+    # -- re-embedding ---------------------------------------------------------------------------
+
+    def _progress(self, done: int, total: int) -> None:
+        self.reembedding.update(done=done, total=total)
+        if done == total or done % (self.config.enrollment.reembed_batch * 16) < self.config.enrollment.reembed_batch:
+            log.info("re-embedding: %d/%d exemplars done", done, total)
+
+    def _start_reembed(self, model: LoadedModel) -> None:
+        try:
+            with Gallery(self.config.gallery_path) as gallery:
+                stale = 0 if gallery.read_only else gallery.stale(model.extractor.fingerprint)
+        except EdgesslError as exc:
+            log.warning("cannot check the gallery for stale embeddings: %s", exc)
+            return
+        if not stale:
+            return
+        self._reembed_stop = stop = threading.Event()
+        self.reembedding = {"running": True, "done": 0, "total": stale, "model": model.tag, "error": None}
+        log.info("re-embedding %d stale exemplars with %s in the background (batches of %d)", stale, model.tag,
+                 self.config.enrollment.reembed_batch)
+
+        def work() -> None:
+            started = time.monotonic()
+            try:
+                with Gallery(self.config.gallery_path) as gallery:
+                    n = gallery.reembed(model.extractor, self.config.enrollment.reembed_batch, stop=stop.is_set,
+                                        pause_s=self.config.enrollment.reembed_pause_s, progress=self._progress)
+                log.info("re-embedded %d exemplars with %s in %.1f s%s", n, model.tag, time.monotonic() - started,
+                         " (stopped)" if stop.is_set() else "")
+            except Exception as exc:
+                self.reembedding["error"] = f"{type(exc).__name__}: {exc}"
+                log.exception("background re-embedding failed")
+            finally:
+                self.reembedding["running"] = False
+
+        self._reembed_thread = threading.Thread(target=work, name="reembed", daemon=True)
+        self._reembed_thread.start()
+
+    def _stop_reembed(self) -> None:
+        thread = self._reembed_thread
+        if thread is not None and thread.is_alive():
+            self._reembed_stop.set()
+            thread.join()  # it stops after the batch in progress
 
     @property
     def current(self) -> LoadedModel:
@@ -179,7 +247,10 @@ class ModelService:
         return self.holder.use()
 
     def close(self) -> None:
-        if self.holder is not None:
+        self._reembed_stop.set()
+        if self._reembed_thread is not None:
+            self._reembed_thread.join(1.0)
+        if self.holder is not None and (self._reembed_thread is None or not self._reembed_thread.is_alive()):
             self.holder.close()
 
     # -- changes ------------------------------------------------------------------------------
@@ -190,12 +261,24 @@ class ModelService:
         if self.holder is None:
             raise RuntimeError("the daemon is not started")
         old_info = self.current.info()
+        self._stop_reembed()
         new = self.load(Path(bundle_dir))
+        batch = self.config.enrollment.reembed_batch
+        try:
+            started = time.monotonic()
+            with Gallery(self.config.gallery_path) as gallery:  # the running model keeps serving meanwhile
+                staged = gallery.stage(new.extractor, batch_size=batch)
+            log.info("staged %d embeddings for %s in %.1f s", staged, new.tag, time.monotonic() - started)
+        except BaseException:
+            new.extractor.close()
+            raise
 
         def prepare(model: LoadedModel) -> None:
+            started = time.monotonic()
             with Gallery(self.config.gallery_path) as gallery:
-                n = gallery.reembed(model.extractor)
-            log.info("re-embedded %d exemplars with %s", n, model.tag)
+                n = gallery.reembed(model.extractor, batch)  # the staged ones, and any enrolled meanwhile
+            log.info("switched %d exemplars to %s in %.2f s (inference paused)", n, model.tag,
+                     time.monotonic() - started)
 
         try:
             old = self.holder.swap(new, prepare)

@@ -291,7 +291,8 @@ def recover(root: Path) -> DeviceState:
             manifest = verify_slot(root, current)
             reason = f"an interrupted update had switched to slot {current} (v{manifest.model.version}); kept it"
             repaired = with_event(state, "recover", True, manifest.model.version, reason,
-                                   active=current, previous=state.active)
+                                   active=current, previous=state.active,
+                                   last_good_version=manifest.model.version)
         except EdgesslError as exc:
             back = state.active if state.active and slot_dir(root, state.active).is_dir() else None
             switch(root, back)

@@ -96,7 +96,7 @@ class FewShotClassifier:
 
     def __init__(self, extractor: FeatureExtractor, gallery: Gallery, threshold: float = 0.5, *,
                  calibrated: bool = False, head: str = "auto", background: np.ndarray | None = None,
-                 min_exemplars: int = MIN_EXEMPLARS) -> None:
+                 min_exemplars: int = MIN_EXEMPLARS, reembed: bool = True) -> None:
         if not -1.0 <= threshold <= 1.0:
             raise GalleryError(f"threshold is a cosine similarity, so it must lie in [-1, 1]; got {threshold}")
         if head not in HEADS:
@@ -111,8 +111,9 @@ class FewShotClassifier:
         self._background_revision = 0
         self._cache: _Prototypes | None = None
         self.set_background(background)
-        # Exemplars enrolled with an earlier model are re-embedded from their stored crops.
-        if gallery.stale(extractor.fingerprint):
+        # Exemplars enrolled with an earlier model are re-embedded from their stored crops (the
+        # daemon passes reembed=False: it re-embeds in the background, in batches).
+        if reembed and gallery.stale(extractor.fingerprint):
             gallery.reembed(extractor)
 
     def set_background(self, embeddings: np.ndarray | None) -> None:

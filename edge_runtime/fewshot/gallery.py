@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +30,14 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 UNKNOWN = "unknown"  # what the classifier answers below its threshold; not a valid label
 MAX_LABEL_CHARS = 64
+# Characters a label may not hold: they do not survive a URL path segment, even percent-encoded
+# (servers and proxies decode `%2F` to `/`; some clients turn `\\` into `/`).
+URL_UNSAFE = frozenset("/\\")
+# Unicode categories refused: controls, format characters (zero-width joiners and the like),
+# surrogates, private use, unassigned, line and paragraph separators.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 JPEG_QUALITY = 95
+REEMBED_BATCH = 16  # exemplars per re-embedding transaction: a crash loses at most this many
 _F32 = np.dtype("<f4")  # embeddings on disk: the same bytes on every device
 
 _SCHEMA = """
@@ -51,6 +59,34 @@ CREATE INDEX exemplars_class ON exemplars(class_id);
 CREATE INDEX exemplars_fingerprint ON exemplars(fingerprint);
 """
 
+# Embeddings computed ahead of a model switch (the running model keeps the ones in
+# `exemplars`); moved over in one short transaction when the new model takes over. Added
+# without a schema version bump: older readers ignore the table.
+_STAGED = """
+CREATE TABLE IF NOT EXISTS staged_embeddings (
+    exemplar_id INTEGER PRIMARY KEY REFERENCES exemplars(id) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL,
+    embedding   BLOB NOT NULL
+)
+"""
+
+
+class GalleryStorageError(GalleryError):
+    """The gallery cannot be written: its filesystem is full (`full`) or it is read-only."""
+
+    def __init__(self, message: str, *, full: bool) -> None:
+        super().__init__(message)
+        self.full = full
+
+
+def _storage_error(path: Path, exc: sqlite3.Error) -> GalleryStorageError | None:
+    text = str(exc).lower()
+    if "full" in text:
+        return GalleryStorageError(f"{path}: the filesystem of the gallery is full ({exc})", full=True)
+    if "readonly" in text or "read-only" in text:
+        return GalleryStorageError(f"{path}: the gallery is read-only ({exc})", full=False)
+    return None
+
 
 class Embedder(Protocol):
     """What `reembed` needs (a FeatureExtractor is one)."""
@@ -65,6 +101,7 @@ class ClassInfo:
     label: str
     exemplars: int  # positive examples
     negatives: int = 0  # negative examples ("this is not <label>")
+    id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,24 +112,64 @@ class ExemplarInfo:
     created_at: str
 
 
-def validate_label(label: str) -> str:
-    """Return the label if it can name a class, else raise GalleryError saying what is valid."""
-    if not isinstance(label, str) or not label.strip():
-        raise GalleryError(f"label {label!r} is empty; a label is 1-{MAX_LABEL_CHARS} printable characters")
-    if len(label) > MAX_LABEL_CHARS:
-        raise GalleryError(f"label {label[:20]!r}... has {len(label)} characters; at most {MAX_LABEL_CHARS} are allowed")
+def normalize_label(label: str) -> str:
+    """The canonical form of a label, or GalleryError saying what is valid.
+
+    NFC, trimmed, inner runs of white space made one space; 1-MAX_LABEL_CHARS characters, none
+    of them a control, format (zero-width), surrogate, private-use or unassigned character, nor
+    `/` or `\\` (a label is a URL path segment: DELETE /v1/classes/{label}); `unknown`
+    in any case or spacing is reserved."""
+    valid = (f"a label is 1-{MAX_LABEL_CHARS} printable characters, without {' '.join(sorted(URL_UNSAFE))}, "
+             f"and not {UNKNOWN!r}")
+    if not isinstance(label, str):
+        raise GalleryError(f"label {label!r} is not text; {valid}")
+    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in label):
+        raise GalleryError(f"label {label!r} contains a lone surrogate (not valid Unicode); {valid}")
     if any(unicodedata.category(ch) == "Cc" for ch in label):
         raise GalleryError(f"label {label!r} contains control characters; use printable characters only")
-    if label == UNKNOWN:
-        raise GalleryError(f"label {UNKNOWN!r} is reserved for frames that match no class; choose another")
+    label = " ".join(unicodedata.normalize("NFC", label).split())
+    if not label:
+        raise GalleryError(f"the label is empty; {valid}")
+    if len(label) > MAX_LABEL_CHARS:
+        raise GalleryError(f"label {label[:20]!r}... has {len(label)} characters; at most {MAX_LABEL_CHARS} are allowed")
+    bad = sorted({ch for ch in label if unicodedata.category(ch) in _REFUSED_CATEGORIES or ch in URL_UNSAFE})
+    if bad:
+        raise GalleryError(f"label {label!r} contains {', '.join(repr(c) for c in bad)}; {valid}")
+    if set(label) <= {".", " "}:
+        raise GalleryError(f"label {label!r} is only dots (not a usable URL path segment); {valid}")
+    if "".join(label_key(label).split()) == UNKNOWN:
+        raise GalleryError(f"label {label!r} is reserved: {UNKNOWN!r} is what frames that match no class get; "
+                           f"choose another")
     return label
+
+
+def label_key(label: str) -> str:
+    """What two labels must differ in to name different classes: NFC of the case-folded label."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", label).casefold())
+
+
+def validate_label(label: str) -> str:
+    """Return the normalised label (see `normalize_label`) or raise GalleryError."""
+    return normalize_label(label)
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def encode_crop(image: np.ndarray) -> bytes:
+def fit_crop(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """`image` scaled down (INTER_AREA) so that its longest side is at most `max_side`."""
+    h, w = image.shape[:2]
+    if max_side is None or max(h, w) <= max_side:
+        return image
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def encode_crop(image: np.ndarray, max_side: int | None = None) -> bytes:
+    """JPEG of a crop, scaled down first so that its longest side is at most `max_side`."""
+    image = fit_crop(image, max_side)
     ok, buf = cv2.imencode(".jpg", to_bgr(image), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise GalleryError(f"cannot JPEG-encode a crop of shape {image.shape}")
@@ -116,13 +193,28 @@ class Gallery:
                 raise GalleryError(f"{self.path}: no gallery there (enroll a class first to create one)")
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._changes = 0  # commits through this connection (data_version counts the others')
+        self.read_only = False  # opened read-only: the file or its folder cannot be written
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
         try:
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # new files only: lets `compact` give space back
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+        except GalleryStorageError as exc:  # from _migrate's transaction
+            self._db.close()
+            if exc.full:
+                raise
+            self._open_read_only(exc)
+        except sqlite3.OperationalError as exc:
+            self._db.close()
+            storage = _storage_error(self.path, exc)
+            if storage is not None and storage.full:
+                raise storage from exc
+            if storage is None and "unable to open" not in str(exc):
+                raise GalleryError(f"{self.path}: not a usable gallery database: {exc}") from exc
+            self._open_read_only(exc)
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise GalleryError(f"{self.path}: not a usable gallery database: {exc}") from exc
@@ -130,7 +222,36 @@ class Gallery:
             self._db.close()
             raise
 
+    def _open_read_only(self, why: Exception) -> None:
+        """Open for reading when writing is impossible (read-only file or filesystem); every
+        write then raises GalleryStorageError. A WAL file without its -shm on a read-only
+        filesystem can only be read as immutable."""
+        if not self.path.exists():
+            raise GalleryError(f"{self.path}: cannot create the gallery: {why}") from why
+        last: Exception = why
+        for query in ("mode=ro", "mode=ro&immutable=1"):
+            db = sqlite3.connect(f"file:{self.path}?{query}", uri=True, isolation_level=None, timeout=30.0)
+            try:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                db.execute("SELECT COUNT(*) FROM exemplars").fetchone()
+            except sqlite3.Error as exc:
+                db.close()
+                last = exc
+                continue
+            if version != SCHEMA_VERSION:
+                db.close()
+                raise GalleryError(f"{self.path}: gallery schema version {version}; this edgessl reads "
+                                   f"version {SCHEMA_VERSION} (upgrade edgessl)")
+            self._db, self.read_only = db, True
+            log.warning("%s: the gallery cannot be written (%s); opened read-only", self.path, why)
+            return
+        raise GalleryError(f"{self.path}: cannot open the gallery, not even read-only: {last}") from last
+
     def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        staged = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'staged_embeddings'").fetchone()
+        if version == SCHEMA_VERSION and staged:
+            return  # nothing to write (a full or read-only disk can still be read)
         with self._transaction():
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
@@ -141,38 +262,55 @@ class Gallery:
             elif version != SCHEMA_VERSION:
                 raise GalleryError(f"{self.path}: gallery schema version {version}; this edgessl reads "
                                    f"version {SCHEMA_VERSION} (upgrade edgessl)")
+            self._db.execute(_STAGED)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        if self.read_only:
+            raise GalleryStorageError(f"{self.path}: the gallery is read-only (its file or filesystem cannot be "
+                                      f"written); nothing can be enrolled or removed", full=False)
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _storage_error(self.path, exc) or exc from exc
         try:
             yield self._db
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise _storage_error(self.path, exc) or exc from exc
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
         self._changes += 1
 
     # -- enrollment -------------------------------------------------------------------
 
     def add(
         self, label: str, crops: Sequence[np.ndarray], embeddings: np.ndarray, fingerprint: str,
-        *, negative: bool = False,
+        *, negative: bool = False, max_side: int | None = None,
     ) -> int:
         """Store exemplars of `label` (creating the class) in one transaction; return how many.
 
         `negative=True` stores them as negative examples: things that are *not* `label` but
-        look like it. When this returns, the exemplars are on disk."""
-        validate_label(label)
+        look like it. The label is normalised (`normalize_label`); a class whose label differs
+        only in case is the same class. Crops are stored with their longest side at most
+        `max_side`. When this returns, the exemplars are on disk."""
+        label = normalize_label(label)
         embeddings = np.asarray(embeddings, np.float32)
         if len(crops) == 0 or embeddings.ndim != 2 or len(embeddings) != len(crops):
             raise GalleryError(f"add needs one embedding row per crop and at least one crop; "
                                f"got {len(crops)} crops and embeddings of shape {embeddings.shape}")
-        blobs = [encode_crop(c) for c in crops]
+        blobs = [encode_crop(c, max_side) for c in crops]
         now = _now()
         with self._transaction() as db:
-            db.execute("INSERT OR IGNORE INTO classes (label, created_at) VALUES (?, ?)", (label, now))
-            (class_id,) = db.execute("SELECT id FROM classes WHERE label = ?", (label,)).fetchone()
+            found = self._find(label)
+            if found is None:
+                class_id = db.execute("INSERT INTO classes (label, created_at) VALUES (?, ?)", (label, now)).lastrowid
+            else:
+                class_id, label = found
             db.executemany(
                 "INSERT INTO exemplars (class_id, crop, embedding, fingerprint, negative, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -182,18 +320,46 @@ class Gallery:
         log.info("enrolled %d %sexemplars of %r", len(blobs), "negative " if negative else "", label)
         return len(blobs)
 
+    def _find(self, label: str) -> tuple[int, str] | None:
+        """(id, stored label) of the class named `label`: exactly, else by `label_key` (which
+        also finds classes stored before labels were normalised)."""
+        row = self._db.execute("SELECT id, label FROM classes WHERE label = ?", (label,)).fetchone()
+        if row is not None:
+            return row[0], row[1]
+        key = label_key(" ".join(label.split()))
+        for class_id, stored in self._db.execute("SELECT id, label FROM classes ORDER BY id"):
+            if label_key(" ".join(stored.split())) == key:
+                return class_id, stored
+        return None
+
+    def find_class(self, label: str) -> str | None:
+        """The stored label of the class `label` names (see `_find`), None when there is none."""
+        found = self._find(label)
+        return None if found is None else found[1]
+
     def forget(self, label: str) -> int:
         """Remove a class and its exemplars; return how many exemplars were removed."""
         with self._transaction() as db:
-            row = db.execute("SELECT id FROM classes WHERE label = ?", (label,)).fetchone()
-            if row is None:
+            found = self._find(label)
+            if found is None:
                 known = [r[0] for r in db.execute("SELECT label FROM classes ORDER BY label")]
                 raise GalleryError(f"no class {label!r} in the gallery; known classes: "
                                    f"{', '.join(map(repr, known)) or '(none)'}")
-            removed = db.execute("DELETE FROM exemplars WHERE class_id = ?", row).rowcount
-            db.execute("DELETE FROM classes WHERE id = ?", row)
+            class_id, label = found
+            removed = db.execute("DELETE FROM exemplars WHERE class_id = ?", (class_id,)).rowcount
+            db.execute("DELETE FROM classes WHERE id = ?", (class_id,))
         log.info("forgot %r (%d exemplars)", label, removed)
         return removed
+
+    def compact(self) -> None:
+        """Give freed space back to the filesystem: checkpoint and truncate the WAL, and drop
+        free pages (galleries created with auto_vacuum=INCREMENTAL). Best effort."""
+        for statement in ("PRAGMA wal_checkpoint(TRUNCATE)", "PRAGMA incremental_vacuum",
+                          "PRAGMA wal_checkpoint(TRUNCATE)"):
+            try:
+                self._db.execute(statement).fetchall()
+            except sqlite3.Error as exc:
+                log.info("%s: %s failed: %s", self.path, statement, exc)
 
     def remove_exemplar(self, exemplar_id: int) -> None:
         """Remove one exemplar; a class left without any exemplar is removed too."""
@@ -209,9 +375,9 @@ class Gallery:
 
     def classes(self) -> list[ClassInfo]:
         rows = self._db.execute(
-            "SELECT c.label, COALESCE(SUM(e.negative = 0), 0), COALESCE(SUM(e.negative = 1), 0) "
+            "SELECT c.label, COALESCE(SUM(e.negative = 0), 0), COALESCE(SUM(e.negative = 1), 0), c.id "
             "FROM classes c LEFT JOIN exemplars e ON e.class_id = c.id GROUP BY c.id ORDER BY c.label")
-        return [ClassInfo(label, n, neg) for label, n, neg in rows]
+        return [ClassInfo(label, n, neg, cid) for label, n, neg, cid in rows]
 
     def exemplars(self, label: str | None = None) -> list[ExemplarInfo]:
         """Exemplars (of one class, or all), oldest first; their crops come from `crop`."""
@@ -243,21 +409,88 @@ class Gallery:
         """How many exemplars were embedded by a model other than `fingerprint`."""
         return self._db.execute("SELECT COUNT(*) FROM exemplars WHERE fingerprint != ?", (fingerprint,)).fetchone()[0]
 
-    def reembed(self, extractor: Embedder, chunk: int = 64) -> int:
-        """Recompute stale embeddings from the stored crops, in one transaction; return how many."""
+    def _stale_batch(self, fingerprint: str, size: int, *, staged: bool) -> list[tuple[int, bytes]]:
+        """Up to `size` (id, crop) of exemplars not embedded by `fingerprint` (with `staged`:
+        nor staged for it), round-robin over classes so that every class gets fresh
+        embeddings from the first batches on."""
+        skip = ("AND id NOT IN (SELECT exemplar_id FROM staged_embeddings WHERE fingerprint = ?1)"
+                if staged else "")
+        rows = self._db.execute(
+            "SELECT e.id, e.crop FROM exemplars e JOIN ("
+            "  SELECT id, ROW_NUMBER() OVER (PARTITION BY class_id ORDER BY id) AS turn FROM exemplars"
+            f"  WHERE fingerprint != ?1 {skip}) t ON t.id = e.id ORDER BY t.turn, e.id LIMIT ?2",
+            (fingerprint, size)).fetchall()
+        return [(r[0], bytes(r[1])) for r in rows]
+
+    def _embed_batches(self, extractor: Embedder, *, staged: bool, batch_size: int,
+                       stop: Callable[[], bool] | None, pause_s: float,
+                       progress: Callable[[int, int], None] | None) -> int:
         fingerprint = extractor.fingerprint
+        total = self.stale(fingerprint) - (self.staged(fingerprint) if staged else 0)
+        done = 0
+        while not (stop is not None and stop()):
+            rows = self._stale_batch(fingerprint, batch_size, staged=staged)
+            if not rows:
+                break
+            emb = extractor.embed([decode_crop(blob) for _, blob in rows], batch_size=batch_size)
+            values = [(e.astype(_F32).tobytes(), fingerprint, i) for (i, _), e in zip(rows, emb, strict=True)]
+            with self._transaction() as db:  # one batch per transaction: a crash loses at most one batch
+                if staged:
+                    db.executemany("INSERT OR REPLACE INTO staged_embeddings (embedding, fingerprint, exemplar_id) "
+                                   "VALUES (?, ?, ?)", values)
+                else:
+                    db.executemany("UPDATE exemplars SET embedding = ?, fingerprint = ? WHERE id = ?", values)
+            done += len(rows)
+            if progress is not None:
+                progress(done, max(total, done))
+            if pause_s > 0:
+                time.sleep(pause_s)
+        return done
+
+    def staged(self, fingerprint: str) -> int:
+        """How many embeddings are staged for the model `fingerprint` (see `stage`)."""
+        if self.read_only:
+            return 0
+        return self._db.execute("SELECT COUNT(*) FROM staged_embeddings s JOIN exemplars e ON e.id = s.exemplar_id "
+                                "WHERE s.fingerprint = ? AND e.fingerprint != ?",
+                                (fingerprint, fingerprint)).fetchone()[0]
+
+    def stage(self, extractor: Embedder, *, batch_size: int = REEMBED_BATCH, stop: Callable[[], bool] | None = None,
+              pause_s: float = 0.0, progress: Callable[[int, int], None] | None = None) -> int:
+        """Embed the stale exemplars with `extractor` into a side table, in batches (one
+        transaction each), while the embeddings of the running model stay in place;
+        `apply_staged` (or `reembed`) moves them over. Returns how many were staged."""
+        n = self._embed_batches(extractor, staged=True, batch_size=batch_size, stop=stop, pause_s=pause_s,
+                                progress=progress)
+        if n:
+            log.info("staged %d embeddings for model %s", n, extractor.fingerprint[:12])
+        return n
+
+    def apply_staged(self, fingerprint: str) -> int:
+        """Move the embeddings staged for `fingerprint` into place (one short transaction) and
+        drop every staged row; return how many exemplars changed."""
+        if self.read_only:
+            return 0
         with self._transaction() as db:
-            ids = [r[0] for r in db.execute("SELECT id FROM exemplars WHERE fingerprint != ?", (fingerprint,))]
-            for start in range(0, len(ids), chunk):
-                part = ids[start:start + chunk]
-                marks = ",".join("?" * len(part))
-                rows = db.execute(f"SELECT id, crop FROM exemplars WHERE id IN ({marks}) ORDER BY id", part).fetchall()
-                emb = extractor.embed([decode_crop(r[1]) for r in rows])
-                db.executemany("UPDATE exemplars SET embedding = ?, fingerprint = ? WHERE id = ?",
-                               [(e.astype(_F32).tobytes(), fingerprint, r[0]) for r, e in zip(rows, emb, strict=True)])
-        if ids:
-            log.info("re-embedded %d exemplars with model %s", len(ids), fingerprint[:12])
-        return len(ids)
+            n = db.execute(
+                "UPDATE exemplars SET embedding = (SELECT s.embedding FROM staged_embeddings s "
+                "WHERE s.exemplar_id = exemplars.id), fingerprint = ?1 WHERE fingerprint != ?1 AND id IN "
+                "(SELECT exemplar_id FROM staged_embeddings WHERE fingerprint = ?1)", (fingerprint,)).rowcount
+            db.execute("DELETE FROM staged_embeddings")
+        return n
+
+    def reembed(self, extractor: Embedder, chunk: int = REEMBED_BATCH, *, stop: Callable[[], bool] | None = None,
+                pause_s: float = 0.0, progress: Callable[[int, int], None] | None = None) -> int:
+        """Recompute stale embeddings from the stored crops, `chunk` exemplars per transaction
+        (a crash loses at most one batch; the next call carries on), using staged embeddings
+        first; stop early when `stop()` says so. Returns how many were re-embedded."""
+        fingerprint = extractor.fingerprint
+        n = self.apply_staged(fingerprint)
+        n += self._embed_batches(extractor, staged=False, batch_size=chunk, stop=stop, pause_s=pause_s,
+                                 progress=progress)
+        if n:
+            log.info("re-embedded %d exemplars with model %s", n, fingerprint[:12])
+        return n
 
     @property
     def revision(self) -> tuple[int, int]:

@@ -109,7 +109,8 @@ def test_enroll_uploaded_images_then_classes_and_thumbnails(api):
     assert red["recommendation"]
     thumb = client.get(f"/v1/exemplars/{red['exemplar_ids'][0]}.jpg")
     assert thumb.headers["content-type"] == "image/jpeg"
-    assert cv2.imdecode(np.frombuffer(thumb.content, np.uint8), cv2.IMREAD_COLOR).shape == (120, 160, 3)
+    side = 4 * max(daemon.model.extractor.spec.input_size)  # crops are stored at most 4x the model input
+    assert cv2.imdecode(np.frombuffer(thumb.content, np.uint8), cv2.IMREAD_COLOR).shape == (side * 3 // 4, side, 3)
     wait_for(lambda: label_of(client, "red") == "red", 15, "the red camera to read red")
     assert client.get("/v1/exemplars/999999.jpg").status_code == 404
 
@@ -191,7 +192,8 @@ def test_live_enrollment_with_quality_gates(api):
     assert client.post("/v1/cameras/nope/enroll", headers=AUTH, json={"label": "x"}).status_code == 404
     assert client.post("/v1/cameras/red/enroll", headers=AUTH,
                        json={"label": "x", "region": "nope"}).status_code == 404
-    assert client.post("/v1/cameras/red/enroll", headers=AUTH, json={"label": "unknown"}).status_code == 400
+    # an invalid label is a validation error of the request (issue 13): 422
+    assert client.post("/v1/cameras/red/enroll", headers=AUTH, json={"label": "unknown"}).status_code == 422
     assert client.post("/v1/cameras/red/enroll", headers=AUTH, json={"label": "x", "bogus": 1}).status_code == 422
 
 

@@ -123,13 +123,17 @@ def test_reembed_updates_stale_rows_from_the_crops(tmp_path):
         np.testing.assert_array_equal(matrix[1], 0)  # already current: untouched
 
 
-def test_failed_reembed_changes_nothing(tmp_path):
+def test_failed_reembed_keeps_the_committed_batches(tmp_path):
+    """Re-embedding commits per batch (issue 13): a failure or crash loses at most the batch in
+    progress, and the next call carries on from there."""
     with Gallery(tmp_path / "g.db") as gallery:
         gallery.add("a", _crops(4), np.zeros((4, 4), np.float32), "old")
         with pytest.raises(RuntimeError):
             gallery.reembed(CountingEmbedder("new", fail_after=1), chunk=2)  # fails on the second chunk
-        assert gallery.stale("new") == 4
-        assert gallery.embeddings("old")[0] == ["a"] * 4
+        assert gallery.stale("new") == 2  # the first batch was kept
+        assert gallery.embeddings("old")[0] == ["a"] * 2
+        assert gallery.reembed(CountingEmbedder("new"), chunk=2) == 2
+        assert gallery.stale("new") == 0
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,15 @@
 Reading routes are open; mutating routes (POST, DELETE) need `Authorization: Bearer TOKEN`.
 Request bodies are capped per route by `BodyLimit`: a declared Content-Length over the cap
 is answered 413 before any of the body is read, and a body that grows past it (chunked) is
-cut off with 413, so an upload never fills memory or disk.
+cut off with 413, so an upload never fills memory or disk. Enrollment images are limited in
+decoded pixels (per image, per request, and being decoded at once over all requests),
+checked from their headers before anything is decoded; decoding and embedding run in the
+daemon's bounded worker pool (503 + Retry-After when it is full) and live enrollments in
+their own capped slots (429 + Retry-After), so /health and /v1/state keep answering.
+
+Every error is JSON `{"detail": ...}` (ErrorBody) with the status codes each route lists in
+the OpenAPI document: storage faults are 507 (a full filesystem: what is full and how to free
+it) and 503 (read-only storage).
 """
 
 from __future__ import annotations
@@ -12,19 +20,23 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
+from pathlib import Path as FsPath
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgessl.edge_runtime.daemon.http.uploads import BodyLimit, decode_image, receive_upload
+from edgessl.edge_runtime.daemon.enrollment import checked_label
+from edgessl.edge_runtime.daemon.http.uploads import BodyLimit, decode_scaled, image_size, receive_upload
 from edgessl.edge_runtime.daemon.metrics import CONTENT_TYPE
+from edgessl.edge_runtime.fewshot.gallery import MAX_LABEL_CHARS
 from edgessl.errors import EdgesslError
 
 if TYPE_CHECKING:
@@ -32,8 +44,47 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WEB = Path(__file__).resolve().parent / "web"
+WEB = FsPath(__file__).resolve().parent / "web"
 JSON_BODY_LIMIT = 1 << 20
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+LABEL_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_LABEL_CHARS,
+                "pattern": "^[^/\\\\\\u0000-\\u001f\\u007f-\\u009f]+$",
+                "description": f"1-{MAX_LABEL_CHARS} printable characters without / or \\ (NFC, trimmed; "
+                "case and spacing do not make a new class; 'unknown' is reserved)"}
+
+
+class ErrorBody(BaseModel):
+    """What every error answers."""
+
+    ok: bool = Field(False, description="always false")
+    detail: Any = Field(description="what went wrong and what to do (text), or the validation errors (list)")
+
+
+_WHY = {400: "bad request (malformed JSON, form or image)", 401: "missing or wrong API token",
+        403: "refused (e.g. uploads without a device root)", 404: "no such camera, region, class or exemplar",
+        405: "method not allowed", 409: "conflict (camera not streaming, install running)",
+        413: "body or image too large (bytes or decoded pixels)", 415: "unsupported content type",
+        422: "invalid input (validation; invalid label; nothing passed the quality gates)",
+        429: "too many live enrollments at once; see Retry-After",
+        503: "busy (see Retry-After) or storage read-only / unwritable",
+        507: "a filesystem the daemon writes to is full; the message says how to free space"}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody, "description": _WHY[code]} for code in codes}
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON-serialisable: non-finite floats as text, lone surrogates escaped."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 # -- requests -----------------------------------------------------------------------------------
@@ -42,12 +93,25 @@ JSON_BODY_LIMIT = 1 << 20
 class EnrollRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    label: str = Field(description="the class to enroll the shots as")
-    region: str | None = Field(None, description="region of the camera (default: its first region)")
+    label: str = Field(min_length=1, max_length=MAX_LABEL_CHARS, description="the class to enroll the shots as",
+                       json_schema_extra={"pattern": LABEL_SCHEMA["pattern"]})
+    region: str | None = Field(None, max_length=200, description="region of the camera (default: its first region)")
     frames: int | None = Field(None, ge=1, le=100, description="shots to keep (default: enrollment.frames)")
     negative: bool = Field(False, description="enroll the shots as negative examples: 'this is not <label>'")
-    interval_s: float | None = Field(None, ge=0, le=60, description="least time between shots")
-    timeout_s: float | None = Field(None, gt=0, le=600, description="give up collecting after this long")
+    interval_s: float | None = Field(None, ge=0, le=60, allow_inf_nan=False, description="least time between shots")
+    timeout_s: float | None = Field(None, gt=0, le=600, allow_inf_nan=False,
+                                    description="give up collecting after this long")
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        from edgessl.edge_runtime.fewshot.gallery import normalize_label
+        from edgessl.errors import GalleryError
+
+        try:
+            return normalize_label(value)
+        except GalleryError as exc:
+            raise ValueError(str(exc)) from None  # a 422 saying what a valid label is
 
 
 def create_app(daemon: Daemon, token: str) -> Any:
@@ -71,7 +135,28 @@ def create_app(daemon: Daemon, token: str) -> Any:
         body: dict[str, Any] = {"ok": False, "detail": str(exc), **getattr(exc, "detail", {})}
         if getattr(exc, "result", None) is not None:  # the installer's InstallResult: its steps
             body["install"] = exc.result.to_dict()  # type: ignore[attr-defined]
-        return JSONResponse(body, status_code=status)
+        return JSONResponse(_json_safe(body), status_code=status, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Without the offending input: it may be NaN, Infinity or a lone surrogate, none of
+        # which a JSON answer can hold (FastAPI's own handler would fail with a 500).
+        found = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                 for e in exc.errors()]
+        return JSONResponse(_json_safe({"ok": False, "detail": found}), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(_json_safe({"ok": False, "detail": exc.detail}), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+        typed = daemon.storage.translate(exc, f"{request.method} {request.url.path} failed")
+        if typed is None:
+            log.error("%s %s: %s", request.method, request.url.path, exc)
+            return JSONResponse(_json_safe({"ok": False, "detail": f"internal error: {exc}"}), status_code=500)
+        return await _edgessl_error(request, typed)
 
     # -- page and status --------------------------------------------------------------------
 
@@ -81,26 +166,33 @@ def create_app(daemon: Daemon, token: str) -> Any:
 
     app.mount("/web", StaticFiles(directory=WEB), name="web")
 
-    @app.get("/health", summary="daemon, model, cameras and sinks")
+    @app.get("/health", summary="daemon, model, cameras, sinks, storage and work queues",
+             description="`storage.problems` lists a read-only or unwritable state_dir or gallery (found at "
+             "start); `gallery.reembedding` the progress of a background re-embedding. 503 when the "
+             "inference loop is not alive.",
+             responses={503: {"description": "the inference loop is not alive (status: failed)"}})
     @app.get("/v1/health", include_in_schema=False)
-    def health() -> JSONResponse:
+    async def health() -> JSONResponse:  # on the event loop: never waits for a thread
         report = daemon.health()
-        return JSONResponse(report, status_code=200 if report["status"] != "failed" else 503)
+        return JSONResponse(_json_safe(report), status_code=200 if report["status"] != "failed" else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics")
-    def metrics() -> Response:
+    @app.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+    async def metrics() -> Response:
         return Response(daemon.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/cameras", summary="cameras, their state and regions")
-    def cameras() -> list[dict[str, Any]]:
+    async def cameras() -> list[dict[str, Any]]:
         return daemon.cameras()
 
     @app.get("/v1/state", summary="the current label of every camera region")
-    def state() -> list[dict[str, Any]]:
-        return daemon.pipeline.states()
+    async def state() -> list[dict[str, Any]]:
+        return _json_safe(daemon.pipeline.states())
 
     @app.get("/v1/cameras/{camera_id}/snapshot.jpg", summary="newest frame, with regions and labels drawn",
-             response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+             response_class=Response,
+             responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+                        **errors(404, 409, 422)})
     def snapshot(camera_id: str, annotate: bool = True) -> Response:
         return Response(daemon.snapshot(camera_id, annotate=annotate), media_type="image/jpeg",
                         headers={"Cache-Control": "no-store"})
@@ -130,16 +222,22 @@ def create_app(daemon: Daemon, token: str) -> Any:
 
     # -- classes ----------------------------------------------------------------------------
 
-    @app.get("/v1/classes", summary="enrolled classes with their quality figures")
+    @app.get("/v1/classes", summary="enrolled classes with their quality figures", responses=errors(503, 507))
     def classes() -> list[dict[str, Any]]:
-        return daemon.enrollment.class_report()
+        return _json_safe(daemon.enrollment.class_report())
 
     @app.post("/v1/classes", status_code=201, dependencies=auth, summary="enroll a class from uploaded images",
+              description=f"Limits: {api_cfg.max_image_upload_bytes} bytes in all, {api_cfg.max_image_pixels} "
+              f"decoded pixels per image and {api_cfg.max_request_pixels} per request (read from the image "
+              "headers before decoding; 413 past them). Images are decoded one at a time in a worker and "
+              "stored scaled down (longest side: enrollment.max_crop_side, default 4x the model input).",
+              responses=errors(400, 401, 413, 415, 422, 503, 507),
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                   "type": "object", "required": ["label", "images"], "properties": {
-                      "label": {"type": "string"},
+                      "label": LABEL_SCHEMA,
                       "negative": {"type": "boolean", "description": "negative examples: 'this is not <label>'"},
-                      "images": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}})
+                      "images": {"type": "array", "minItems": 1, "maxItems": 200,
+                                 "items": {"type": "string", "format": "binary"}}}}}}}})
     async def add_class(request: Request) -> dict[str, Any]:
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPException(415, "send multipart/form-data with a 'label' field and one or more 'images' files")
@@ -149,45 +247,85 @@ def create_app(daemon: Daemon, token: str) -> Any:
             raise
         except Exception as exc:
             raise HTTPException(400, f"cannot parse the form: {exc}") from exc
-        label = form.get("label")
-        if not isinstance(label, str):
-            raise HTTPException(400, "the form needs a 'label' text field")
-        negative = str(form.get("negative", "false")).lower() in ("1", "true", "yes", "on")
-        uploads = [f for f in form.getlist("images") if not isinstance(f, str)]
-        if not uploads:
-            raise HTTPException(400, "the form needs one or more 'images' files")
-        images = []
-        for upload in uploads:
-            data = await upload.read()
-            images.append(decode_image(data, upload.filename or "image", api_cfg.max_image_pixels))
-        await form.close()
-        return await run_in_threadpool(daemon.enrollment.enroll_images, label, images, negative=negative)
+        try:
+            label = form.get("label")
+            if not isinstance(label, str):
+                raise HTTPException(400, "the form needs a 'label' text field")
+            label = checked_label(label)  # 422 before any image is decoded
+            negative = str(form.get("negative", "false")).lower() in ("1", "true", "yes", "on")
+            uploads = [f for f in form.getlist("images") if not isinstance(f, str)]
+            if not uploads:
+                raise HTTPException(400, "the form needs one or more 'images' files")
+            blobs: list[tuple[str, bytes, tuple[int, int]]] = []
+            total = 0
+            for upload in uploads:
+                name = upload.filename or "image"
+                data = await upload.read()
+                size = image_size(data)  # from the header: nothing is decoded yet
+                if size is None:
+                    raise HTTPException(400, f"{name}: not a JPEG, PNG, WebP or BMP image")
+                if size[0] < 1 or size[1] < 1:
+                    raise HTTPException(400, f"{name}: the image data is damaged or truncated (its header "
+                                        f"says {size[0]}x{size[1]} pixels)")
+                if size[0] * size[1] > api_cfg.max_image_pixels:
+                    raise HTTPException(413, f"{name}: {size[0]}x{size[1]} pixels; the limit is "
+                                        f"{api_cfg.max_image_pixels} pixels per image (api.max_image_pixels)")
+                total += size[0] * size[1]
+                if total > api_cfg.max_request_pixels:
+                    raise HTTPException(413, f"the images of this upload hold more than {api_cfg.max_request_pixels} "
+                                        f"decoded pixels (api.max_request_pixels); send fewer or smaller images")
+                blobs.append((name, data, size))
+        finally:
+            await form.close()
 
-    @app.delete("/v1/classes/{label}", dependencies=auth, summary="forget a class and all its exemplars")
-    def delete_class(label: str) -> dict[str, Any]:
-        return {"label": label, "removed": daemon.enrollment.forget(label)}
+        def decode_and_enroll() -> dict[str, Any]:  # in a worker thread, one image decoded at a time
+            side = daemon.enrollment.crop_side()
+            images = []
+            while blobs:
+                name, data, size = blobs.pop(0)
+                with daemon.work.pixels(size[0] * size[1]):
+                    images.append(decode_scaled(data, name, size, side))
+                del data
+            return daemon.enrollment.enroll_images(label, images, negative=negative)
 
-    @app.get("/v1/exemplars/{exemplar_id}.jpg", summary="the stored crop of an exemplar",
-             response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
-    def exemplar(exemplar_id: int) -> Response:
+        return await daemon.work.run(decode_and_enroll)
+
+    @app.delete("/v1/classes/{label:path}", dependencies=auth, summary="forget a class and all its exemplars",
+                description="`label` names the class exactly, or up to case and spacing. Works on a full disk.",
+                responses=errors(401, 404, 422, 503, 507))
+    def delete_class(label: str = Path(min_length=1, max_length=4 * MAX_LABEL_CHARS)) -> dict[str, Any]:
+        stored, removed = daemon.enrollment.forget(label)
+        return {"label": stored, "removed": removed}
+
+    @app.get("/v1/exemplars/{exemplar_id:int}.jpg", summary="the stored crop of an exemplar",
+             response_class=Response,
+             responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+                        **errors(404, 405, 422, 503)})
+    def exemplar(exemplar_id: int = Path(ge=0, le=MAX_ID)) -> Response:
         return Response(daemon.enrollment.crop_jpeg(exemplar_id), media_type="image/jpeg",
                         headers={"Cache-Control": "max-age=86400, immutable"})
 
-    @app.delete("/v1/exemplars/{exemplar_id}", dependencies=auth, summary="remove one exemplar")
-    def delete_exemplar(exemplar_id: int) -> dict[str, Any]:
+    @app.delete("/v1/exemplars/{exemplar_id:int}", dependencies=auth, summary="remove one exemplar",
+                responses=errors(401, 404, 422, 503, 507))
+    def delete_exemplar(exemplar_id: int = Path(ge=0, le=MAX_ID)) -> dict[str, Any]:
         daemon.enrollment.remove_exemplar(exemplar_id)
         return {"removed": exemplar_id}
 
     @app.post("/v1/cameras/{camera_id}/enroll", dependencies=auth,
-              summary="capture shots of a region from the live camera, check their quality, enroll them")
-    def enroll_live(camera_id: str, body: EnrollRequest) -> dict[str, Any]:
-        return daemon.enrollment.enroll_live(camera_id, body.label, region=body.region, frames=body.frames,
-                                  negative=body.negative, interval_s=body.interval_s, timeout_s=body.timeout_s)
+              summary="capture shots of a region from the live camera, check their quality, enroll them",
+              description=f"At most {daemon.config.enrollment.max_live_per_camera} at once per camera and "
+              f"{daemon.config.enrollment.max_live_total} on the device; past that 429 with Retry-After.",
+              responses=errors(400, 401, 404, 409, 413, 422, 429, 503, 507))
+    async def enroll_live(camera_id: str, body: EnrollRequest) -> dict[str, Any]:
+        daemon.enrollment._find_stream(camera_id)  # 404 at once
+        return await daemon.live.run(camera_id, daemon.enrollment.enroll_live, camera_id, body.label,
+                                     region=body.region, frames=body.frames, negative=body.negative,
+                                     interval_s=body.interval_s, timeout_s=body.timeout_s)
 
     # -- model ------------------------------------------------------------------------------
 
     @app.get("/v1/model", summary="the running model")
-    def model() -> dict[str, Any]:
+    async def model() -> dict[str, Any]:
         return daemon.model.info()
 
     @app.post("/v1/model", dependencies=auth, summary="upload a bundle (.tar) and switch to it without a restart",
@@ -195,28 +333,34 @@ def create_app(daemon: Daemon, token: str) -> Any:
               "field `bundle` of a multipart form (with an optional `allow_downgrade` field). It is written "
               "to state_dir/incoming as it arrives, never held in memory.",
               openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
+                  "application/x-tar": {"schema": {"type": "string", "format": "binary", "minLength": 1}},
                   "multipart/form-data": {"schema": {"type": "object", "required": ["bundle"], "properties": {
-                      "bundle": {"type": "string", "format": "binary"},
-                      "allow_downgrade": {"type": "boolean"}}}}}}})
+                      "bundle": {"type": "string", "format": "binary", "minLength": 1},
+                      "allow_downgrade": {"type": "boolean"}}}}}}},
+              responses=errors(400, 401, 403, 409, 413, 422, 503, 507))
     async def upload_model(request: Request,
                            allow_downgrade: bool = Query(False, description="install even if not newer")
                            ) -> dict[str, Any]:
-        incoming = daemon.config.state_dir / "incoming"
-        incoming.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=incoming, suffix=".tar")
-        path = Path(name)
+        incoming = daemon.config.state_dir / "incoming"  # leftovers of a crash are removed at start
+        path: FsPath | None = None
         try:
-            with open(fd, "wb") as out:
-                size, fields = await receive_upload(request, out, "bundle")
+            try:
+                incoming.mkdir(parents=True, exist_ok=True)
+                fd, name = tempfile.mkstemp(dir=incoming, suffix=".tar")
+                path = FsPath(name)
+                with open(fd, "wb") as out:
+                    size, fields = await receive_upload(request, out, "bundle")
+            except OSError as exc:
+                raise daemon.storage.translate(exc, "cannot store the uploaded bundle", incoming) or exc from exc
             if size == 0:
                 raise HTTPException(400, "empty upload: send the bundle .tar as the request body "
                                     "or as the multipart file field 'bundle'")
             downgrade = allow_downgrade or fields.get("allow_downgrade", "").lower() in ("1", "true", "yes", "on")
-            answer = await run_in_threadpool(daemon.models.install, path, allow_downgrade=downgrade)
+            answer = await daemon.work.run(daemon.models.install, path, allow_downgrade=downgrade)
             return {"ok": True, **answer}
         finally:
-            path.unlink(missing_ok=True)
+            if path is not None:
+                path.unlink(missing_ok=True)
 
     # -- limits -----------------------------------------------------------------------------
 
