@@ -13,7 +13,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "threshold per precision from the bundle's device profiles), raw cosines, and speed "
                      "(ms/image at batch 1, images/s at batch 8). An artifact whose backend cannot run here "
                      "(TensorRT without a GPU) is listed as unchecked.")
-    p.add_argument("bundle", type=Path, help="budef _threshold(precision: str, profiles: list[str]) -> float:
+    p.add_argument("bundle", type=Path, help="bundle folder")
+    p.add_argument("--threads", type=int, help="inference threads (default: the backend's default)")
+    p.add_argument("--stored-only", action="store_true", help="only print the stored report")
+    p.add_argument("--seconds", type=float, default=1.0, help="timing per figure (default: 1.0)")
+
+
+def _threshold(precision: str, profiles: list[str]) -> float:
     """The least strict threshold among the bundle's profiles (export's rule for shipping an
     artifact), or the default one when none of them is known here."""
     from edgessl.edge_runtime.device.profiles import resolve_profile
