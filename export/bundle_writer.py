@@ -106,11 +106,15 @@ def thresholds(fmt: Format, profiles: list[DeviceProfile]) -> dict[str, float]:
 
 
 def input_size_warnings(input_size: tuple[int, int], profiles: list[DeviceProfile]) -> list[str]:
-    """One line per profile whose input_size is not the bundle's."""
-    return [f"the bundle's input size {input_size[0]}x{input_size[1]} differs from the input_size "
-            f"{p.input_size[0]}x{p.input_size[1]} of device profile {p.name}: the device follows the bundle "
-            f"(latency budgets were set for {p.input_size[0]}x{p.input_size[1]}); train or distil at that size "
-            f"for this device" for p in profiles if tuple(p.input_size) != tuple(input_size)]
+    """A warning (one line) when the bundle's input size differs from some profiles' input_size."""
+    h, w = input_size
+    other = [f"{p.name} ({p.input_size[0]}x{p.input_size[1]})" for p in profiles
+             if tuple(p.input_size) != tuple(input_size)]
+    if not other:
+        return []
+    return [f"the bundle's input size {h}x{w} differs from the input_size of device profile(s) {', '.join(other)}: "
+            f"devices run {h}x{w} as the bundle says, but their latency budgets were set for their own size; "
+            f"train or distil at that size for those devices"]
 
 
 def export_bundle(checkpoint: Path, out: Path, *, formats: list[str] | None = None, data: Path | None = None,

@@ -8,9 +8,12 @@ gate's: the lowest *centred* cosine to fp32 over the check images (edge_runtime.
 the statistic the device's health check uses) at least `target_min_centred`, and the median raw
 cosine at least `target_median`.
 
-Calibration batches all have the same size: ONNX Runtime's histogram calibrators (entropy,
-percentile) stack each tensor's outputs of all batches with `np.asarray`, which fails on a
-shorter last batch ("inhomogeneous shape") with numpy >= 1.24.
+Calibration runs here, not inside `quantize_static`, for two reasons: ONNX Runtime's histogram
+calibrators (entropy, percentile) stack each tensor's outputs of all batches with `np.asarray`,
+which fails on a shorter last batch ("inhomogeneous shape") with numpy >= 1.24, so every batch
+has the same size; and `quantize_static` does not pass the histogram sizes on, so its entropy
+calibrator searches 128 bins for 128 quantized bins, a single candidate, and returns the min/max
+ranges. Here entropy uses 2048 bins (TensorRT's choice) and percentile 2048 bins at 99.999%.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from onnxruntime.quantization import (
     QuantType,
     quantize_static,
 )
+from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from edgessl.edge_runtime.inference.parity import golden_agreement
@@ -40,6 +44,12 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
+# Options of ONNX Runtime's calibrators (create_calibrator's extra_options) per method.
+CALIBRATOR_OPTIONS: dict[str, dict[str, object]] = {
+    "minmax": {},
+    "entropy": {"num_bins": 2048, "num_quantized_bins": 128},
+    "percentile": {"num_bins": 2048, "percentile": 99.999},
+}
 QUANTIZABLE = ("Conv", "Gemm", "MatMul")
 
 
@@ -47,6 +57,19 @@ def even_batch(count: int, largest: int = 16) -> int:
     """The largest batch size <= `largest` that divides `count`: every calibration batch has the
     same shape, which the histogram calibrators need, and no image is left out."""
     return next(b for b in range(min(largest, max(count, 1)), 0, -1) if count % b == 0)
+
+
+def calibrate(model: Path, calib: np.ndarray, method: str, cache: Path) -> None:
+    """Tensor ranges of `model` on `calib` with `method`, written to `cache` (quantize_static's
+    calibration cache format)."""
+    input_name = onnx.load(str(model), load_external_data=False).graph.input[0].name
+    calibrator = create_calibrator(model, [], augmented_model_path=str(cache.with_name("augmented.onnx")),
+                                   calibrate_method=CALIBRATION_METHODS[method],
+                                   extra_options=CALIBRATOR_OPTIONS[method])
+    with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their settings
+        calibrator.collect_data(_Reader(calib, input_name))
+        ranges = calibrator.compute_data()
+    save_tensors_data(ranges, cache)
 
 
 class _Reader(CalibrationDataReader):
@@ -106,25 +129,22 @@ def quantize_int8(fp32: Path, out: Path, calib: np.ndarray, check: np.ndarray, *
             log.warning("quantization pre-processing failed (%s); quantizing the model as exported", exc)
             pre = fp32
         model = onnx.load(str(pre))
-        input_name = model.graph.input[0].name
         nodes = [n.name for n in model.graph.node if n.op_type in QUANTIZABLE]
         cache = tmp / "calibration.json"
+        calibrate(pre, calib, method, cache)  # once; every quantize_static below reads the cache
 
         op_types: list[str] | None = None  # first every op ORT quantizes; then weight layers only
 
         def quantize(path: Path, include: list[str] | None = None,
                      exclude: list[str] | None = None) -> tuple[float, float | None]:
-            # ORT's histogram calibrators print their settings; keep the export's output clean.
-            with contextlib.redirect_stdout(io.StringIO()):
-                quantize_static(
-                    str(pre), str(path), _Reader(calib, input_name) if not cache.exists() else None,
-                    quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=CALIBRATION_METHODS[method],
-                    nodes_to_quantize=include, nodes_to_exclude=exclude or [], calibration_cache_path=cache,
-                    op_types_to_quantize=op_types,
-                    extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True},
-                )
+            quantize_static(
+                str(pre), str(path), None, quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
+                weight_type=QuantType.QInt8, calibrate_method=CALIBRATION_METHODS[method],
+                nodes_to_quantize=include, nodes_to_exclude=exclude or [], calibration_cache_path=cache,
+                op_types_to_quantize=op_types,
+                extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True},
+            )
             return score(path)
 
         def show(s: tuple[float, float | None]) -> str:

@@ -133,6 +133,33 @@ def test_every_calibration_method_quantizes(checkpoint, images, tmp_path, method
     assert row.centred_min is not None and np.isfinite(row.centred_min)
 
 
+def test_entropy_and_percentile_calibration_give_other_ranges_than_minmax(checkpoint, images, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from edgessl.export.bundle_writer import sample_images
+    from edgessl.export.onnx_export import export_onnx
+    from edgessl.export.parity import device_inputs
+    from edgessl.export.quantize_ort import quantize_int8
+    from edgessl.train.checkpoint import load_backbone, load_checkpoint
+
+    fp32 = export_onnx(load_backbone(load_checkpoint(checkpoint)), tmp_path / "m.onnx", (16, 16))
+    spec = load_bundle(export_bundle(checkpoint, tmp_path / "b")).manifest.preprocess
+    x = device_inputs(sample_images(images, 16, 30), spec)
+
+    def scales(method: str) -> dict[str, float]:
+        out = quantize_int8(fp32, tmp_path / f"{method}.onnx", x[:21], x[21:], method=method, target_median=0.0).path
+        return {i.name: float(numpy_helper.to_array(i)) for i in onnx.load(str(out)).graph.initializer
+                if i.name.endswith("_scale") and numpy_helper.to_array(i).size == 1}
+
+    minmax, entropy, percentile = scales("minmax"), scales("entropy"), scales("percentile")
+    assert minmax.keys() == entropy.keys() == percentile.keys()
+    # Both clip outliers: activation ranges no wider than min/max, and some narrower.
+    for other in (entropy, percentile):
+        assert all(other[k] <= minmax[k] * (1 + 1e-5) for k in minmax)
+        assert any(other[k] < minmax[k] * 0.99 for k in minmax)
+
+
 @pytest.mark.skipif(nvidia_gpu(), reason="a GPU is present: TensorRT artifacts are checked with TensorRT here")
 def test_tensorrt_without_a_gpu_is_unchecked_in_export_report_and_bench(checkpoint, images, tmp_path, capsys):
     from edgessl.edge_runtime.cli.bench import run as bench
@@ -178,7 +205,7 @@ def test_bench_measures_the_same_gate_as_export(gated, capsys):
 def test_an_input_size_other_than_the_profiles_is_flagged_at_export(checkpoint, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="edgessl.export.bundle_writer"):
         out = export_bundle(checkpoint, tmp_path / "b", devices=["x86-cpu"], threads=1)
-    expected = "input size 16x16 differs from the input_size 224x224 of device profile x86-cpu"
+    expected = "input size 16x16 differs from the input_size of device profile(s) x86-cpu (224x224)"
     assert any(expected in r.getMessage() for r in caplog.records)
     row = next(r for r in load_bundle(out).manifest.report if r.name == "onnx")
     assert expected in row.reason  # in the stored report, so `edgessl bench` shows it too
