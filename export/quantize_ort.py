@@ -107,6 +107,7 @@ def quantize_int8(fp32: Path, out: Path, calib: np.ndarray, check: np.ndarray, *
         raise ValueError("INT8 calibration needs at least one image")
     reference = backend_embeddings("onnxruntime", fp32, check)
     gated = center is not None and target_min_centred is not None
+    floor = target_min_centred if target_min_centred is not None else -1.0
 
     def score(path: Path) -> tuple[float, float | None]:
         got = backend_embeddings("onnxruntime", path, check)
@@ -114,7 +115,7 @@ def quantize_int8(fp32: Path, out: Path, calib: np.ndarray, check: np.ndarray, *
 
     def met(s: tuple[float, float | None]) -> bool:
         median, centred = s
-        return median >= target_median and (not gated or (centred is not None and centred >= target_min_centred))
+        return median >= target_median and (not gated or (centred is not None and centred >= floor))
 
     def damage(s: tuple[float, float | None]) -> float:  # 1 - what the target measures; NaN is the worst
         value = s[1] if gated else s[0]

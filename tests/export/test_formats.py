@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from edgessl.edge_runtime.inference.backends import backend_for, load_backend
 from edgessl.edge_runtime.bundle.manifest import load_bundle
-from edgessl.export import formats as formats_module
 from edgessl.edge_runtime.device.profiles import resolve_profile
+from edgessl.edge_runtime.inference.backends import backend_for, load_backend
 from edgessl.edge_runtime.inference.parity import golden_agreement
+from edgessl.export import formats as formats_module
 from edgessl.export.bundle_writer import export_bundle, thresholds
 from edgessl.export.formats import FORMATS, Format, nvidia_gpu, parse_formats
 
