@@ -35,9 +35,10 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from edgessl.edge_runtime.bundle.manifest import MANIFEST, load_bundle
+from edgessl.edge_runtime.bundle.manifest import MANIFEST, Manifest, load_bundle, read_manifest
 from edgessl.edge_runtime.bundle.signing import SIGNATURE
-from edgessl.edge_runtime.device.installer import InstallResult, install
+from edgessl.edge_runtime.device.installer import InstallResult, install, profile_path
+from edgessl.edge_runtime.device.profiles import load_profile
 from edgessl.edge_runtime.schema import StrictModel
 from edgessl.errors import EdgesslError, InstallError
 
@@ -148,11 +149,41 @@ def _reason(answer: dict[str, Any]) -> str:
     return str(answer)[:300]
 
 
+def _bundle_manifest(bundle: Path) -> Manifest | None:
+    """The manifest of a bundle directory or .tar, without checking anything (the installer does)."""
+    try:
+        if bundle.is_dir():
+            return read_manifest(bundle)
+        with tarfile.open(bundle) as tar:
+            member = tar.extractfile(MANIFEST)
+            return Manifest.model_validate_json(member.read()) if member is not None else None
+    except (EdgesslError, OSError, KeyError, tarfile.TarError, ValidationError):
+        return None
+
+
+def input_size_warning(bundle: str | Path, root: str | Path) -> str | None:
+    """A warning when the bundle's input size is not the device profile's `input_size`, else None."""
+    manifest = _bundle_manifest(Path(bundle))
+    try:
+        profile = load_profile(profile_path(root))
+    except EdgesslError:
+        return None  # not provisioned: the installer says so
+    if manifest is None or tuple(manifest.preprocess.input_size) == tuple(profile.input_size):
+        return None
+    (h, w), (ph, pw) = manifest.preprocess.input_size, profile.input_size
+    return (f"the bundle's input size {h}x{w} differs from the input_size {ph}x{pw} of this device's profile "
+            f"{profile.name}: the device will run {h}x{w} as the bundle says (its latency budget was set for "
+            f"{ph}x{pw}); export a model trained or distilled at {ph}x{pw} for this device")
+
+
 def flash(bundle: str | Path, target: str, *, token: str | None = None,
           allow_downgrade: bool = False) -> InstallResult | dict[str, Any]:
     """Flash one device: a device root path (local install) or a daemon URL (push)."""
     if is_url(target):
         return push(bundle, target, token, allow_downgrade=allow_downgrade)
+    warning = input_size_warning(bundle, target)
+    if warning is not None:
+        log.warning("%s", warning)
     return install(Path(target), Path(bundle), allow_downgrade=allow_downgrade)
 
 

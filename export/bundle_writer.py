@@ -27,6 +27,7 @@ from edgessl.edge_runtime.bundle.manifest import (
 from edgessl.edge_runtime.device.profiles import DeviceProfile, resolve_profile
 from edgessl.edge_runtime.fewshot.prototypes import evaluate_episodes
 from edgessl.edge_runtime.inference.backends import load_backend
+from edgessl.edge_runtime.inference.parity import DEFAULT_MIN_COSINE, golden_agreement, passes
 from edgessl.edge_runtime.inference.timing import speed
 from edgessl.errors import EdgesslError
 from edgessl.export.formats import FORMATS, ExportContext, Format, formats_for_profile, nvidia_gpu
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 
 GOLDEN_IMAGES = 8
 EPISODES = 600  # fixed episodes (same seed for every format) so formats are comparable
+# INT8 quantization aims this far above the strictest target profile's threshold, so that a
+# device whose int8 kernels round differently still passes its health check. The gate itself
+# is the threshold.
+INT8_HEADROOM = 0.005
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,27 @@ def real_images(ckpt: dict, data: Path | None, size: int, limit: int = 64) -> to
     return ckpt["samples"]
 
 
+def thresholds(fmt: Format, profiles: list[DeviceProfile]) -> dict[str, float]:
+    """Profile name -> the parity threshold (min centred cosine) an artifact of `fmt` must reach
+    there: the profiles that run the format (else all given), or the default when none is given."""
+    runs = [p for p in profiles if fmt.name in formats_for_profile(p.backends, p.precisions)] or profiles
+    if not runs:
+        return {"default": DEFAULT_MIN_COSINE[fmt.precision]}
+    return {p.name: p.min_cosine.for_precision(fmt.precision) for p in runs}
+
+
+def input_size_warnings(input_size: tuple[int, int], profiles: list[DeviceProfile]) -> list[str]:
+    """A warning (one line) when the bundle's input size differs from some profiles' input_size."""
+    h, w = input_size
+    other = [f"{p.name} ({p.input_size[0]}x{p.input_size[1]})" for p in profiles
+             if tuple(p.input_size) != tuple(input_size)]
+    if not other:
+        return []
+    return [f"the bundle's input size {h}x{w} differs from the input_size of device profile(s) {', '.join(other)}: "
+            f"devices run {h}x{w} as the bundle says, but their latency budgets were set for their own size; "
+            f"train or distil at that size for those devices"]
+
+
 def export_bundle(checkpoint: Path, out: Path, *, formats: list[str] | None = None, data: Path | None = None,
                   calib: Path | None = None, calib_size: int = 300, calib_method: str = "minmax",
                   eval_query: Path | None = None, eval_support: Path | None = None, eval_per_class: int = 100,
@@ -105,6 +131,9 @@ def export_bundle(checkpoint: Path, out: Path, *, formats: list[str] | None = No
                           std=tuple(pre["std"]), channel_order=pre["channel_order"])
     size = spec.input_size[0]
     profiles = _profiles(devices or [])
+    size_warnings = input_size_warnings(spec.input_size, profiles)
+    for warning in size_warnings:
+        log.warning("%s", warning)
     wanted = list(dict.fromkeys(["onnx", *(formats or []),
                                  *(f for p in profiles for f in formats_for_profile(p.backends, p.precisions))]))
     model = load_backbone(ckpt)
@@ -143,24 +172,32 @@ def export_bundle(checkpoint: Path, out: Path, *, formats: list[str] | None = No
         if eval_set is not None:
             metric = lambda embed: eval_set.accuracy(lambda x: np.concatenate(  # noqa: E731
                 [embed(x[i:i + 64]) for i in range(0, len(x), 64)]))[0]
+        center = ckpt["center"].numpy().astype(np.float32)
+        # INT8 aims at the gate of its strictest target profile (plus headroom).
+        targets = {n: min(1.0, max(thresholds(FORMATS[n], profiles).values()) + INT8_HEADROOM)
+                   for n in wanted if FORMATS[n].precision == "int8"}
         ctx = ExportContext(workdir=tmp, fp32_onnx=fp32, calib=calib_inputs, check=check,
-                            calib_method=calib_method, accuracy_metric=metric)
+                            calib_method=calib_method, accuracy_metric=metric, center=center, gate_targets=targets)
 
         artifacts, rows = [], []
         for fmt_name in wanted:
-            artifact, row = _build_and_check(FORMATS[fmt_name], ctx, reference, spec, eval_set, threads)
+            fmt = FORMATS[fmt_name]
+            artifact, row = _build_and_check(fmt, ctx, reference, spec, eval_set, threads,
+                                             thresholds(fmt, profiles))
+            if fmt_name == "onnx" and size_warnings:
+                row = row.model_copy(update={"reason": "; ".join(filter(None, [row.reason, *size_warnings]))})
             rows.append(row)
-            if artifact is not None and (row.status == "ok" or keep_failed):
+            if artifact is not None and (row.status in ("ok", "unchecked") or keep_failed):
                 artifacts.append(artifact)
                 rows[-1] = row.model_copy(update={"in_bundle": True})
             elif row.file:
                 _remove_artifact(tmp, row.file)
         for row in rows:
             log.info("%-14s %s %s", row.name, row.status, row.reason)
-        if not any(a.label == "onnx" for a in artifacts):
+        if rows[0].status != "ok":  # rows[0] is the fp32 ONNX model, the base of every other format
             raise EdgesslError(f"the fp32 ONNX model failed its own check: {rows[0].reason}; bundle not written")
 
-        np.save(tmp / "center.npy", ckpt["center"].numpy().astype(np.float32))
+        np.save(tmp / "center.npy", center)
         np.savez(tmp / "golden.npz", inputs=check[:GOLDEN_IMAGES], embeddings=reference[:GOLDEN_IMAGES])
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         manifest = Manifest(
@@ -184,7 +221,11 @@ def export_bundle(checkpoint: Path, out: Path, *, formats: list[str] | None = No
 
 
 def _build_and_check(fmt: Format, ctx: ExportContext, reference: np.ndarray, spec: PreprocessSpec,
-                     eval_set: EvalSet | None, threads: int | None) -> tuple[Artifact | None, ReportRow]:
+                     eval_set: EvalSet | None, threads: int | None,
+                     gate: dict[str, float]) -> tuple[Artifact | None, ReportRow]:
+    """Build one format and judge it by the device's own parity definition: the lowest centred
+    cosine to fp32 torch over the check images (the golden inputs among them, also one at a
+    time as the health check runs them), against `gate` (profile -> threshold)."""
     try:
         file = fmt.build(ctx)
     except Exception as exc:  # any failure of a converter is reported, not fatal to the other formats
@@ -195,31 +236,47 @@ def _build_and_check(fmt: Format, ctx: ExportContext, reference: np.ndarray, spe
     size = sum(p.stat().st_size for p in _artifact_files(path))
     note = ctx.notes.get(fmt.name, "")
     backend = fmt.backend
-    if fmt.backend == "tensorrt" and not nvidia_gpu():
+    unchecked = fmt.backend == "tensorrt" and not nvidia_gpu()
+    if unchecked:
         # No GPU here: check the very ONNX file the device will build its engine from, with ONNX Runtime.
         backend = "onnxruntime"
-        note = "; ".join(filter(None, [note, "no NVIDIA GPU here: parity via onnxruntime on the shipped ONNX; "
-                                             "the engine is built and health-checked on the device"]))
+        note = "; ".join(filter(None, [note, "unchecked: no NVIDIA GPU here, so no engine was built; parity via "
+                                             "onnxruntime on the shipped ONNX; the device builds the engine and "
+                                             "health-checks it"]))
     row = dict(name=fmt.name, backend=fmt.backend, file=file, size_bytes=size)
+    assert ctx.center is not None
     try:
         with load_backend(backend, path, threads=threads) as b:
             embed = lambda x: np.concatenate([b.embed(x[i:i + 16]) for i in range(0, len(x), 16)])  # noqa: E731
-            parity = compare(reference, embed(ctx.check))
+            got = embed(ctx.check)
+            golden = ctx.check[:GOLDEN_IMAGES]
+            single = np.concatenate([b.embed(golden[i:i + 1]) for i in range(len(golden))])
+            parity = compare(reference, got)
+            agreement = min(golden_agreement(reference, got, ctx.center),
+                            golden_agreement(reference[:len(golden)], single, ctx.center))
             fewshot = eval_set.accuracy(embed) if eval_set is not None else (None, None)
             latency, throughput = speed(b, spec.input_size) if backend == fmt.backend else (None, None)
     except Exception as exc:
         return None, ReportRow(**row, status="failed-export", reason=f"does not run: {exc}"[:300])
-    ok = parity.cosine_median >= fmt.min_median and parity.cosine_min >= fmt.min_cosine
-    if not ok:
-        note = "; ".join(filter(None, [note, f"median cosine {parity.cosine_median:.5f} < {fmt.min_median}"
-                                       if parity.cosine_median < fmt.min_median else
-                                       f"min cosine {parity.cosine_min:.5f} < {fmt.min_cosine}"]))
-    report = ReportRow(**row, status="ok" if ok else "failed-parity", reason=note,
+    least = min(gate.values())
+    failing = {p: t for p, t in gate.items() if not passes(agreement, t)}
+    if not passes(agreement, least):
+        status = "failed-parity"
+        note = "; ".join(filter(None, [note, f"min centred cosine {agreement:.4f} < {least} "
+                                             f"({fmt.precision} threshold of {', '.join(gate)})"]))
+    else:
+        status = "unchecked" if unchecked else "ok"
+        if failing:
+            note = "; ".join(filter(None, [note, "below the threshold of " + ", ".join(
+                f"{p} ({t})" for p, t in failing.items()) + f": min centred cosine {agreement:.4f}; "
+                "never the default there"]))
+    report = ReportRow(**row, status=status, reason=note, centred_min=agreement,
                        cosine_median=parity.cosine_median, cosine_p1=parity.cosine_p1, fewshot=fewshot[0],
                        fewshot_ci95=fewshot[1], latency_ms_b1=latency, throughput_b8=throughput)
     artifact = Artifact(format=fmt.artifact_format, precision=fmt.precision, file=file, name=fmt.name,
-                        parity={"cosine_median": parity.cosine_median, "cosine_p1": parity.cosine_p1,
-                                "cosine_min": parity.cosine_min, "images": float(parity.images)})
+                        parity={"golden_min_centred": agreement, "cosine_median": parity.cosine_median,
+                                "cosine_p1": parity.cosine_p1, "cosine_min": parity.cosine_min,
+                                "images": float(parity.images)})
     return artifact, report
 
 
@@ -239,19 +296,23 @@ def _profiles(names: list[str]) -> list[DeviceProfile]:
 
 
 def _defaults(profiles: list[DeviceProfile], artifacts: list[Artifact], rows: list[ReportRow]) -> dict[str, str]:
-    """Per profile: among the artifacts of its most preferred backend that passed parity, the
-    fastest one measured here; a backend that cannot be measured here (TensorRT without a GPU)
-    keeps the profile's own order of precisions, and the device's health check measures it."""
-    shipped = {a.label for a in artifacts}
-    ok = {r.name: r for r in rows if r.status == "ok" and r.name in shipped}
+    """Per profile: among the shipped artifacts of its most preferred backend that pass *that
+    profile's* threshold (the health check's), the fastest one measured here; a backend that
+    cannot be measured here (TensorRT without a GPU) keeps the profile's own order of
+    precisions, and the device's health check measures it. A profile none passes gets no default."""
+    by_name = {a.label: a for a in artifacts}
+    usable = {r.name: r for r in rows if r.status in ("ok", "unchecked") and r.name in by_name}
     defaults = {}
     for p in profiles:
         for backend in p.backends:
-            candidates = [n for n in formats_for_profile([backend], p.precisions) if n in ok]
+            candidates = [n for n in formats_for_profile([backend], p.precisions) if n in usable
+                          and passes(by_name[n].parity.get("golden_min_centred", float("nan")),
+                                     p.min_cosine.for_precision(by_name[n].precision))]
             if not candidates:
                 continue
-            measured = [n for n in candidates if ok[n].latency_ms_b1 is not None]
-            defaults[p.name] = min(measured, key=lambda n: ok[n].latency_ms_b1 or 0.0) if measured else candidates[0]
+            measured = [n for n in candidates if usable[n].latency_ms_b1 is not None]
+            defaults[p.name] = min(measured, key=lambda n: usable[n].latency_ms_b1 or 0.0) if measured \
+                else candidates[0]
             break
     return defaults
 

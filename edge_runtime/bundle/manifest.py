@@ -72,12 +72,16 @@ class ReportRow(StrictModel):
     """One line of the export report: a format, whether it made it into the bundle, and its figures."""
 
     name: str = Field(description="export format name, e.g. openvino-int8")
-    status: Literal["ok", "failed-parity", "failed-export", "skipped"]
+    status: Literal["ok", "failed-parity", "failed-export", "skipped", "unchecked"] = Field(description=(
+        "ok: passed the parity gate with the backend that runs it; unchecked: could not be run with its "
+        "own backend here (TensorRT without a GPU), checked through a stand-in, the device checks it"))
     reason: str = ""
     backend: str | None = None
     file: str | None = None
     size_bytes: int | None = None
-    cosine_median: float | None = Field(None, description="embedding cosine to fp32 torch, median over images")
+    centred_min: float | None = Field(None, description=(
+        "the parity gate (edge_runtime.inference.parity): lowest centred cosine to fp32 over the golden inputs"))
+    cosine_median: float | None = Field(None, description="raw embedding cosine to fp32 torch, median over images")
     cosine_p1: float | None = Field(None, description="1st percentile of the same")
     fewshot: float | None = Field(None, description="5-way 5-shot accuracy with --eval data (fixed episodes)")
     fewshot_ci95: float | None = None

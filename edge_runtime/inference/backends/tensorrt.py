@@ -43,6 +43,16 @@ def _imports() -> tuple[Any, Any]:
     return trt, cudart
 
 
+def gpu_available() -> bool:
+    """Whether TensorRT and a CUDA GPU are usable here (engines can be built and run)."""
+    try:
+        _, cudart = _imports()
+        err, count = cudart.cudaGetDeviceCount()
+        return int(err) == 0 and count > 0
+    except Exception:  # no runtime, no driver, no GPU: all mean "not here"
+        return False
+
+
 def _check(result: tuple[Any, ...]) -> Any:
     err, *rest = result
     if int(err) != 0:
