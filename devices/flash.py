@@ -37,8 +37,9 @@ from pydantic import Field, ValidationError, model_validator
 
 from edgessl.edge_runtime.bundle.manifest import MANIFEST, Manifest, load_bundle, read_manifest
 from edgessl.edge_runtime.bundle.signing import SIGNATURE
-from edgessl.edge_runtime.device.installer import InstallResult, install, profile_path
+from edgessl.edge_runtime.device.installer import InstallResult, install
 from edgessl.edge_runtime.device.profiles import load_profile
+from edgessl.edge_runtime.device.slots import profile_path
 from edgessl.edge_runtime.schema import StrictModel
 from edgessl.errors import EdgesslError, InstallError
 

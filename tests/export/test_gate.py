@@ -214,7 +214,7 @@ def test_an_input_size_other_than_the_profiles_is_flagged_at_export(checkpoint, 
 def test_an_input_size_other_than_the_profiles_is_flagged_at_flash(checkpoint, tmp_path, caplog):
     from edgessl.devices.flash import flash
     from edgessl.devices.keys import generate_keypair, sign_bundle
-    from edgessl.edge_runtime.device.installer import init_device
+    from edgessl.edge_runtime.device.slots import init_device
 
     keys = generate_keypair(tmp_path / "keys", "k")
     out = export_bundle(checkpoint, tmp_path / "b", threads=1)

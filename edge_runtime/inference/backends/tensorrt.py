@@ -118,16 +118,6 @@ class TensorRtOptions(StrictModel):
     cache_dir: Path | None = None
 
 
-def gpu_available() -> bool:
-    """Whether TensorRT and an NVIDIA GPU are usable here (engines can be built and run)."""
-    try:
-        _, cudart = _imports()
-        err, count = cudart.cudaGetDeviceCount()
-        return int(err) == 0 and count > 0
-    except Exception:
-        return False
-
-
 class TensorRtBackend(Backend):
     name: ClassVar[str] = "tensorrt"
     artifact_format: ClassVar[str] = "tensorrt"
