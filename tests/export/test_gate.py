@@ -233,3 +233,19 @@ def test_an_input_size_other_than_the_profiles_is_flagged_at_flash(checkpoint, t
                        in w for w in warnings)
         else:
             assert not warnings
+
+
+def test_openvino_int8_that_misses_the_gate_is_redone_with_accuracy_control(checkpoint, images, tmp_path):
+    profile = tmp_path / "ov-box.toml"
+    profile.write_text(PROFILE.format(name="ov-box", int8=0.9999).replace('["onnxruntime"]', '["openvino"]'))
+    out = export_bundle(checkpoint, tmp_path / "b", formats=["openvino-int8"], calib=images, calib_size=20,
+                        devices=[str(profile)], threads=1)
+    m = load_bundle(out).manifest
+    row = next(r for r in m.report if r.name == "openvino-int8")
+    assert "redone with NNCF accuracy control" in row.reason, row.reason
+    assert row.centred_min is not None
+    # Whatever the second pass reached, the default follows the profile's own threshold.
+    if row.centred_min < 0.9999:
+        assert m.defaults["ov-box"] == "openvino"
+    else:
+        assert m.defaults["ov-box"] in ("openvino", "openvino-int8")  # the faster one here
