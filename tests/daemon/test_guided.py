@@ -223,3 +223,16 @@ def test_snapshot_carries_the_decision_drawn_on_it_and_states_name_the_nearest(g
         assert client.get("/v1/cameras/gone/snapshot.jpg").status_code == 409
     finally:
         client.delete("/v1/classes/near", headers=AUTH)
+
+
+
+def test_the_restore_url_works_for_any_label(guided):
+    """The DELETE answer's restore URL is percent-encoded: labels with spaces, '%', '?' and '#'."""
+    _, client, _ = guided
+    label = "50% off? #1 & co"
+    assert client.post("/v1/cameras/red/enroll", headers=AUTH, json={"label": label, "frames": 2}).status_code == 200
+    r = client.delete("/v1/classes/50%25%20off%3F%20%231%20%26%20co", headers=AUTH)
+    assert r.status_code == 200 and r.json()["restore"] == "/v1/classes/50%25%20off%3F%20%231%20%26%20co/restore"
+    r = client.post(r.json()["restore"], headers=AUTH)
+    assert r.status_code == 200 and r.json()["label"] == label and r.json()["restored"] == 2, r.text
+    client.delete("/v1/classes/50%25%20off%3F%20%231%20%26%20co", headers=AUTH)

@@ -24,6 +24,7 @@ import math
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path as FsPath
+from urllib.parse import quote
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
@@ -317,9 +318,9 @@ def create_app(daemon: Daemon, token: str) -> Any:
         stored, removed = daemon.enrollment.forget(label)
         undo_s = daemon.config.enrollment.undo_s
         return {"label": stored, "removed": removed, "undo_s": undo_s,
-                "restore": f"/v1/classes/{stored}/restore" if undo_s > 0 else None}
+                "restore": f"/v1/classes/{quote(stored, safe='')}/restore" if undo_s > 0 else None}
 
-    @app.post("/v1/classes/{label}/restore", dependencies=auth, summary="undo the deletion of a class",
+    @app.post("/v1/classes/{label:path}/restore", dependencies=auth, summary="undo the deletion of a class",
               description="Within enrollment.undo_s seconds of its deletion; the crops are embedded again.",
               responses=errors(401, 404, 422, 503, 507))
     def restore_class(label: str = Path(min_length=1, max_length=4 * MAX_LABEL_CHARS)) -> dict[str, Any]:
@@ -356,7 +357,7 @@ def create_app(daemon: Daemon, token: str) -> Any:
               description="Stored in state_dir/background (survives restarts, re-embedded when the model "
               "changes) and used by the thresholds' calibration: /v1/classes then shows thresholds whose "
               "reason mentions the background. Replaces the region's earlier background.",
-              responses=errors(401, 404, 409, 422, 429, 503, 507))
+              responses=errors(400, 401, 404, 409, 422, 429, 503, 507))
     async def background(camera_id: str, body: BackgroundRequest) -> dict[str, Any]:
         daemon.enrollment._find_stream(camera_id)  # 404 at once
         return _json_safe(await daemon.live.run(
