@@ -236,3 +236,23 @@ def test_the_restore_url_works_for_any_label(guided):
     r = client.post(r.json()["restore"], headers=AUTH)
     assert r.status_code == 200 and r.json()["label"] == label and r.json()["restored"] == 2, r.text
     client.delete("/v1/classes/50%25%20off%3F%20%231%20%26%20co", headers=AUTH)
+
+
+def test_the_reason_of_each_state_is_words_a_person_reads():
+    from edgessl.edge_runtime.daemon.config import CameraConfig
+    from edgessl.edge_runtime.daemon.streams import CameraStream, State
+
+    stream = CameraStream(CameraConfig(id="cam", url="rtsp://10.0.0.5/cam", stall_timeout_s=5))
+    assert stream.status().reason == "stopped"
+    stream._set_state(State.STREAMING)
+    assert stream.status().reason is None
+    stream._set_state(State.STALLED, "no frame for 5.2 s (stall timeout 5 s)")
+    assert stream.status().reason == "stalled: no frame for over 5 s"  # no frame ever: the timeout
+    stream._last_frame_mono = __import__("time").monotonic() - 7
+    assert stream.status().reason == "stalled: no frame for 7 s"
+    stream._set_state(State.BACKING_OFF, "cannot open rtsp source rtsp://10.0.0.5/cam: connection refused by 10.0.0.5:554")
+    assert stream.status().reason.startswith("retrying: ") and "connection refused" in stream.status().reason
+    stream._set_state(State.FAILED, "3 attempts failed; last: x")
+    assert stream.status().reason == "gave up: 3 attempts failed; last: x"
+    stream._set_state(State.ENDED, "end of file")
+    assert "file ended" in stream.status().reason
