@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -27,7 +27,13 @@ from edgessl.edge_runtime.daemon.pipeline import crop
 from edgessl.edge_runtime.daemon.storage import Storage
 from edgessl.edge_runtime.daemon.streams import CameraStream, State
 from edgessl.edge_runtime.fewshot.calibration import ClassThreshold
-from edgessl.edge_runtime.fewshot.gallery import Gallery, GalleryStorageError, decode_crop, label_key, normalize_label
+from edgessl.edge_runtime.fewshot.gallery import (
+    Gallery,
+    GalleryStorageError,
+    decode_crop,
+    label_key,
+    normalize_label,
+)
 from edgessl.edge_runtime.fewshot.quality import ENOUGH_SHOTS, check_shot, class_quality
 from edgessl.errors import EdgesslError, GalleryError
 

@@ -24,8 +24,8 @@ import math
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path as FsPath
-from urllib.parse import quote
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
