@@ -239,6 +239,19 @@ class EnrollmentConfig(StrictModel):
     frames: int = Field(default=5, ge=1, le=100, description="shots to keep per live enrollment (default of the request)")
     interval_s: float = Field(default=0.3, ge=0, le=60, description="least time between two shots")
     timeout_s: float = Field(default=20.0, gt=0, le=600, description="give up collecting shots after this long")
+    max_frames: int = Field(default=20, ge=1, le=100, description="with until='stable': most shots one live "
+                            "enrollment keeps (default of the request's max_frames)")
+    stable_min_exemplars: int = Field(default=5, ge=2, le=100, description="with until='stable': the class has at "
+                                      "least this many exemplars before a live enrollment may stop")
+    stable_margin: float = Field(default=0.1, ge=0, le=2, description="with until='stable': stop once leave-one-out "
+                                 "accuracy is 100% and the mean leave-one-out margin to the nearest other class "
+                                 "is at least this (centred cosine)")
+    stable_patience: int = Field(default=3, ge=1, le=50, description="with until='stable': stop when the "
+                                 "leave-one-out figures did not improve over this many kept shots")
+    background_frames: int = Field(default=10, ge=1, le=100, description="frames a background capture samples "
+                                   "(default of the request)")
+    undo_s: float = Field(default=15.0, ge=0, le=3600, description="a deleted class can be restored for this long "
+                          "(its crops are kept in memory); 0: deletions are final at once")
     max_live_per_camera: int = Field(default=2, ge=1, le=100, description="live enrollments running at once on one "
                                      "camera; past it a request is answered 429 with Retry-After")
     max_live_total: int = Field(default=4, ge=1, le=100, description="live enrollments running at once on all cameras")

@@ -25,6 +25,7 @@ from typing import Any
 
 import cv2
 
+from edgessl.edge_runtime.daemon.background import BackgroundStore
 from edgessl.edge_runtime.daemon.config import DaemonConfig
 from edgessl.edge_runtime.daemon.enrollment import Enrollment
 from edgessl.edge_runtime.daemon.errors import Conflict, DaemonError
@@ -66,7 +67,9 @@ class Daemon:
         self.models = ModelService(config, self.metrics, self.hub)
         self.pipeline = Pipeline(config, self.streams, self.metrics, self._emit)
         self.storage = Storage(config.state_dir, config.gallery_path, config.storage_reserve_bytes)
-        self.enrollment = Enrollment(config, self.models, self.streams, self._stop, storage=self.storage)
+        self.background = BackgroundStore(config.state_dir / "background")
+        self.enrollment = Enrollment(config, self.models, self.streams, self._stop, storage=self.storage,
+                                     background=self.background)
         # Decoding and embedding of uploads, and live enrollments, run off the API's event loop
         # and thread pool, bounded (see work.py).
         self.work = WorkPool(config.api.workers, config.api.max_queued, config.api.max_pixels_in_flight)
@@ -221,6 +224,7 @@ class Daemon:
         classifier: FewShotClassifier | None = None
         generation = -1
         revision = gallery.revision
+        background = self.background.revision
         try:
             while not self._stop.is_set():
                 self._heartbeat = time.monotonic()
@@ -237,7 +241,12 @@ class Daemon:
                         if model.generation != generation:
                             classifier = self.classifier(model, gallery)
                             generation = model.generation
+                            background = self.background.revision
                             self.pipeline.reset()
+                        elif self.background.revision != background and self.config.classifier.calibrate:
+                            background = self.background.revision
+                            assert classifier is not None
+                            classifier.set_background(self.background.embeddings(model.extractor))
                         assert classifier is not None
                         batch = self.pipeline.step(frames, classifier, model.tag)
                     if self._observer is not None:
@@ -256,8 +265,12 @@ class Daemon:
     def classifier(self, model: LoadedModel, gallery: Gallery) -> FewShotClassifier:
         """The classifier the daemon decides with (also what /v1/classes reports thresholds of)."""
         c = self.config.classifier
+        # Background frames of the cameras (stored per region, re-embedded for this model) are
+        # impostors in the calibration: thresholds sit above what the cameras see when nothing
+        # enrolled is there.
+        background = self.background.embeddings(model.extractor) if c.calibrate else None
         return FewShotClassifier(model.extractor, gallery, c.threshold, calibrated=c.calibrate,
-                                 reembed=False)  # ModelService re-embeds in batches
+                                 background=background, reembed=False)  # ModelService re-embeds in batches
 
     def _count_gallery(self, gallery: Gallery) -> None:
         classes = gallery.classes()
@@ -301,6 +314,7 @@ class Daemon:
             "sinks": self.sink_status(),
             "storage": storage,  # problems: a read-only or unwritable state_dir or gallery (the page shows them)
             "gallery": {"reembedding": dict(self.models.reembedding)},
+            "background": self.background.status(),
             "work": {**self.work.status(), "live_enrollments": self.live.status()},
         }
 
@@ -309,25 +323,34 @@ class Daemon:
         for cid, stream in self.streams.items():
             status = stream.status()
             out.append({"id": cid, "kind": stream.config.kind, "state": str(status.state),
-                        "frame_size": status.frame_size,
+                        "reason": status.reason, "frame_size": status.frame_size,
                         "regions": [r.model_dump() for r in stream.config.region_list]})
         return out
 
     def snapshot(self, camera_id: str, *, annotate: bool = True, quality: int = 80) -> bytes:
         """The newest frame as JPEG, with each region's box and label drawn on it."""
+        return self.snapshot_with_states(camera_id, annotate=annotate, quality=quality)[0]
+
+    def snapshot_with_states(self, camera_id: str, *, annotate: bool = True,
+                             quality: int = 80) -> tuple[bytes, list[dict[str, Any]]]:
+        """The annotated JPEG and the region states drawn on it: one decision for the picture
+        and for the text beside it (the page shows both from this one answer)."""
         stream = self.enrollment._find_stream(camera_id)
         frame = stream.latest()
         if frame is None:
             raise Conflict(f"camera {camera_id} has no frame yet (state {stream.state})")
         image = frame.image
+        states = self.pipeline.region_states(camera_id)
         if annotate:
             image = image.copy()
             h, w = image.shape[:2]
-            states = self.pipeline.region_states(camera_id)
             for region in stream.config.region_list:
                 x0, y0, x1, y1 = region.box(w, h)
                 st = states[region.name]
-                text = f"{region.name}: {st.label or '...'} {st.score:.2f}"
+                shown = st.label or "..."
+                if st.label == "unknown" and st.nearest:
+                    shown = f"unknown (~{st.nearest})"
+                text = f"{region.name}: {shown} {st.score:.2f}"
                 color = (60, 200, 60) if st.label not in (None, "unknown") else (0, 170, 255)
                 cv2.rectangle(image, (x0, y0), (x1 - 1, y1 - 1), color, 2)
                 scale = max(0.4, min(1.0, w / 640))
@@ -338,7 +361,8 @@ class Daemon:
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             raise DaemonError(f"cannot JPEG-encode the frame of camera {camera_id}")
-        return buf.tobytes()
+        drawn = [{**states[r.name].as_dict(), "snapshot_frame": frame.seq} for r in stream.config.region_list]
+        return buf.tobytes(), drawn
 
     # -- HTTP -------------------------------------------------------------------------------
 

@@ -39,9 +39,11 @@ class RegionState:
     capture_time: float | None = None
     decision_time: float | None = None
     frame: int = 0
+    nearest: str | None = None  # the best-scoring class (smoothed), also while the label is unknown
 
     def as_dict(self) -> dict[str, Any]:
         return {"camera": self.camera, "region": self.region, "label": self.label, "score": round(self.score, 4),
+                "nearest": self.nearest,
                 "since": iso(self.since) if self.since else None, "proposal": self.proposal,
                 "capture_time": iso(self.capture_time) if self.capture_time else None,
                 "decision_time": iso(self.decision_time) if self.decision_time else None,
@@ -145,18 +147,22 @@ class Pipeline:
         decisions: list[Decision] = []
         for (frame, region), row in zip(owners, scores, strict=True):
             key = (frame.camera, region.name)
-            decision = self._smoothers[key].update(dict(zip(labels, row.tolist(), strict=True)), thresholds)
+            smoother = self._smoothers[key]
+            decision = smoother.update(dict(zip(labels, row.tolist(), strict=True)), thresholds)
+            nearest = max(smoother.ema, key=smoother.ema.__getitem__) if smoother.ema else None
             decisions.append(decision)
             self.metrics.capture_to_decision.labels(frame.camera).observe(decided_mono - frame.captured_mono)
             with self._lock:
                 state = self._regions[key]
                 state.label, state.score, state.proposal = decision.label, decision.score, decision.proposal
                 state.capture_time, state.decision_time, state.frame = frame.captured_at, decided_at, frame.seq
+                state.nearest = nearest
                 if decision.changed:
                     state.since = decided_at
             if decision.changed and decision.label is not None:
                 self._emit(Event(self.config.device, frame.camera, region.name, decision.label, decision.previous,
-                                 decision.score, frame.captured_at, decided_at, frame.seq, model_tag))
+                                 decision.score, frame.captured_at, decided_at, frame.seq, model_tag,
+                                 nearest=nearest))
         return Batch(tuple(f.camera for f, _ in owners), tuple(r.name for _, r in owners),
                      tuple(f.seq for f, _ in owners), np.array([f.captured_mono for f, _ in owners], np.float64),
                      labels, scores.reshape(len(owners), len(labels)), tuple(decisions), decided_mono, took)

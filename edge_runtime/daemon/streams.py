@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import random
+import socket
 import threading
 import time
 from collections import deque
@@ -27,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
@@ -104,6 +106,40 @@ def open_capture(cam: CameraConfig) -> Capture:
         return cv2.VideoCapture(cam.url, cv2.CAP_FFMPEG, params)
 
 
+def _redact(url: str) -> str:
+    """The URL without a password (rtsp://user:secret@host -> rtsp://user:***@host)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def probe(url: str, timeout: float = 1.0) -> str | None:
+    """Why a network source cannot be reached, in words ("connection refused", "no such host",
+    "no answer within 1 s"), from one TCP connect to its host and port; None when it connects
+    (then the stream itself is the problem) or the URL names no host."""
+    parts = urlsplit(url)
+    host = parts.hostname
+    if not host:
+        return None
+    try:
+        port = parts.port or {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}.get(parts.scheme, 80)
+    except ValueError:
+        return f"bad port in {_redact(url)}"
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except ConnectionRefusedError:
+        return f"connection refused by {host}:{port}"
+    except socket.gaierror:
+        return f"no such host {host!r}"
+    except TimeoutError:
+        return f"no answer from {host}:{port} within {timeout:g} s"
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or exc}"
+
+
 @dataclass(frozen=True)
 class StreamStatus:
     """A snapshot of a stream for /health, metrics and the web page."""
@@ -122,6 +158,7 @@ class StreamStatus:
     last_error: str | None
     frame_size: tuple[int, int] | None  # (width, height)
     history: list[tuple[float, str]]  # the last state changes: (wall clock, state)
+    reason: str | None = None  # why it is not streaming, in words (None while streaming)
 
     def as_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -223,7 +260,26 @@ class CameraStream:
                                 self.reconnects, self.connect_failures, self.stalls,
                                 round(1 / self._gap, 2) if self._gap > 0 else 0.0,
                                 None if age is None else round(age, 3), self.last_error, self._frame_size,
-                                list(self._history))
+                                list(self._history), self._reason(age))
+
+    def _reason(self, age: float | None) -> str | None:
+        """Why the camera is not streaming, for a person: the state and the last error in words."""
+        state, error = self._state, self.last_error
+        if state == State.STREAMING:
+            return None
+        if state == State.STALLED:
+            waited = f"{age:.0f} s" if age is not None else f"over {self.config.stall_timeout_s:g} s"
+            return f"stalled: no frame for {waited}"
+        if state == State.ENDED:
+            return "the file ended (set loop: true to replay it)"
+        if state == State.STOPPED:
+            return "stopped"
+        if state == State.FAILED:
+            return f"gave up: {error}" if error else "gave up"
+        if error is None:
+            return "connecting…"
+        prefix = "retrying: " if state == State.BACKING_OFF else ""
+        return prefix + error
 
     # -- consumers ------------------------------------------------------------------------
 
@@ -327,6 +383,9 @@ class CameraStream:
             error = f"cannot open {cam.kind} source {cam.url}"
         except Exception as exc:
             error = f"cannot open {cam.kind} source {cam.url}: {exc}"
+        why = probe(cam.url) if cam.kind in ("rtsp", "http") else None
+        if why is not None:
+            error = f"cannot open {cam.kind} source {_redact(cam.url)}: {why}"
         self.connect_failures += 1
         self._set_state(State.CONNECTING, error)
         return None

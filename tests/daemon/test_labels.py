@@ -114,7 +114,8 @@ def test_labels_are_normalised_and_case_does_not_make_a_new_class(api):
     cls = next(c for c in client.get("/v1/classes").json() if c["label"] == "Caf\u00e9 au lait")
     assert cls["exemplars"] == 3
     r = client.delete("/v1/classes/caf%C3%A9%20AU%20lait", headers=AUTH)
-    assert r.status_code == 200 and r.json() == {"label": "Caf\u00e9 au lait", "removed": 3}, r.text
+    assert r.status_code == 200 and {k: r.json()[k] for k in ("label", "removed")} == {
+        "label": "Caf\u00e9 au lait", "removed": 3}, r.text
     assert "Caf\u00e9 au lait" not in labels(client)
 
 
@@ -137,7 +138,7 @@ def test_a_legacy_label_with_a_slash_can_still_be_deleted(api):
     db.close()
     assert "a/b" in labels(client)
     r = client.delete("/v1/classes/a%2Fb", headers=AUTH)
-    assert r.status_code == 200 and r.json() == {"label": "a/b", "removed": 1}, r.text
+    assert r.status_code == 200 and r.json().items() >= {"label": "a/b", "removed": 1}.items(), r.text
     assert "a/b" not in labels(client)
 
 

@@ -95,7 +95,7 @@ def test_a_full_state_dir_is_a_clear_507_and_classes_can_still_be_deleted(tmp_pa
         assert not list((disk / "state" / "incoming").iterdir())
 
         r = httpx.delete(f"{url}/v1/classes/big", headers=AUTH, timeout=30)
-        assert r.status_code == 200 and r.json() == {"label": "big", "removed": 6}, r.text
+        assert r.status_code == 200 and r.json().items() >= {"label": "big", "removed": 6}.items(), r.text
         labels = [c["label"] for c in httpx.get(f"{url}/v1/classes").json()]
         assert labels == ["keep"]
         health = httpx.get(f"{url}/health").json()["storage"]

@@ -24,7 +24,8 @@ import math
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path as FsPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -101,6 +102,12 @@ class EnrollRequest(BaseModel):
     interval_s: float | None = Field(None, ge=0, le=60, allow_inf_nan=False, description="least time between shots")
     timeout_s: float | None = Field(None, gt=0, le=600, allow_inf_nan=False,
                                     description="give up collecting after this long")
+    until: Literal["count", "stable"] = Field(
+        "count", description="'count': keep `frames` shots; 'stable': keep shots until the class's leave-one-out "
+        "figures say it has enough (100% with a margin, or no gain over the last few shots) or `max_frames` "
+        "are kept; the answer's `stopped` and `stop_reason` say which")
+    max_frames: int | None = Field(None, ge=1, le=100, description="with until='stable': most shots to keep "
+                                   "(default: enrollment.max_frames)")
 
     @field_validator("label")
     @classmethod
@@ -112,6 +119,16 @@ class EnrollRequest(BaseModel):
             return normalize_label(value)
         except GalleryError as exc:
             raise ValueError(str(exc)) from None  # a 422 saying what a valid label is
+
+
+class BackgroundRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    region: str | None = Field(None, max_length=200, description="region of the camera (default: its first region)")
+    frames: int | None = Field(None, ge=1, le=100, description="frames to sample (default: enrollment.background_frames)")
+    interval_s: float | None = Field(None, ge=0, le=60, allow_inf_nan=False, description="time between frames")
+    timeout_s: float | None = Field(None, gt=0, le=600, allow_inf_nan=False,
+                                    description="give up sampling after this long")
 
 
 def create_app(daemon: Daemon, token: str) -> Any:
@@ -194,8 +211,12 @@ def create_app(daemon: Daemon, token: str) -> Any:
              responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
                         **errors(404, 409, 422)})
     def snapshot(camera_id: str, annotate: bool = True) -> Response:
-        return Response(daemon.snapshot(camera_id, annotate=annotate), media_type="image/jpeg",
-                        headers={"Cache-Control": "no-store"})
+        # X-Region-States: the region states drawn on this picture (JSON, ASCII), so that the page
+        # shows the same decision under the picture as on it.
+        jpeg, states = daemon.snapshot_with_states(camera_id, annotate=annotate)
+        return Response(jpeg, media_type="image/jpeg",
+                        headers={"Cache-Control": "no-store",
+                                 "X-Region-States": json.dumps(_json_safe(states), ensure_ascii=True)})
 
     @app.get("/v1/events", summary="server-sent events: label changes and model switches",
              response_class=StreamingResponse)
@@ -295,7 +316,15 @@ def create_app(daemon: Daemon, token: str) -> Any:
                 responses=errors(401, 404, 422, 503, 507))
     def delete_class(label: str = Path(min_length=1, max_length=4 * MAX_LABEL_CHARS)) -> dict[str, Any]:
         stored, removed = daemon.enrollment.forget(label)
-        return {"label": stored, "removed": removed}
+        undo_s = daemon.config.enrollment.undo_s
+        return {"label": stored, "removed": removed, "undo_s": undo_s,
+                "restore": f"/v1/classes/{quote(stored, safe='')}/restore" if undo_s > 0 else None}
+
+    @app.post("/v1/classes/{label:path}/restore", dependencies=auth, summary="undo the deletion of a class",
+              description="Within enrollment.undo_s seconds of its deletion; the crops are embedded again.",
+              responses=errors(401, 404, 422, 503, 507))
+    def restore_class(label: str = Path(min_length=1, max_length=4 * MAX_LABEL_CHARS)) -> dict[str, Any]:
+        return _json_safe(daemon.enrollment.restore(label))
 
     @app.get("/v1/exemplars/{exemplar_id:int}.jpg", summary="the stored crop of an exemplar",
              response_class=Response,
@@ -318,9 +347,28 @@ def create_app(daemon: Daemon, token: str) -> Any:
               responses=errors(400, 401, 404, 409, 413, 422, 429, 503, 507))
     async def enroll_live(camera_id: str, body: EnrollRequest) -> dict[str, Any]:
         daemon.enrollment._find_stream(camera_id)  # 404 at once
-        return await daemon.live.run(camera_id, daemon.enrollment.enroll_live, camera_id, body.label,
-                                     region=body.region, frames=body.frames, negative=body.negative,
-                                     interval_s=body.interval_s, timeout_s=body.timeout_s)
+        return _json_safe(await daemon.live.run(
+            camera_id, daemon.enrollment.enroll_live, camera_id, body.label, region=body.region,
+            frames=body.frames, negative=body.negative, interval_s=body.interval_s, timeout_s=body.timeout_s,
+            until=body.until, max_frames=body.max_frames))
+
+    @app.post("/v1/cameras/{camera_id}/background", dependencies=auth,
+              summary="sample what a camera region sees when nothing enrolled is there",
+              description="Stored in state_dir/background (survives restarts, re-embedded when the model "
+              "changes) and used by the thresholds' calibration: /v1/classes then shows thresholds whose "
+              "reason mentions the background. Replaces the region's earlier background.",
+              responses=errors(400, 401, 404, 409, 422, 429, 503, 507))
+    async def background(camera_id: str, body: BackgroundRequest) -> dict[str, Any]:
+        daemon.enrollment._find_stream(camera_id)  # 404 at once
+        return _json_safe(await daemon.live.run(
+            camera_id, daemon.enrollment.capture_background, camera_id, region=body.region,
+            frames=body.frames, interval_s=body.interval_s, timeout_s=body.timeout_s))
+
+    @app.delete("/v1/cameras/{camera_id}/background", dependencies=auth,
+                summary="forget a camera's background frames (one region, or all of its regions)",
+                responses=errors(401, 404, 422, 503, 507))
+    def clear_background(camera_id: str, region: str | None = Query(None, max_length=200)) -> dict[str, Any]:
+        return daemon.enrollment.clear_background(camera_id, region)
 
     # -- model ------------------------------------------------------------------------------
 

@@ -58,6 +58,7 @@ class Event:
     decision_time: float  # wall clock when the change was decided
     frame: int  # the frame's sequence number on its camera
     model: str  # name:version of the model that decided
+    nearest: str | None = None  # the best-scoring class, also when `label` is unknown
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -9,9 +9,14 @@ const el = (tag, props = {}, ...children) => {
   return node;
 };
 const tokenKey = "edgessl-token";
+const UNDO_S = 10; // how long the page offers to undo a deletion (the daemon keeps it enrollment.undo_s)
 let cameras = [];
 
 function token() { return localStorage.getItem(tokenKey) || ""; }
+
+// "1 class", "2 classes", "1 exemplar", "0 shots"
+function plural(n, word, many = null) { return `${n} ${n === 1 ? word : (many || `${word}s`)}`; }
+const pct = (x) => `${Math.round(x * 100)}%`;
 
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
@@ -29,6 +34,10 @@ async function api(path, options = {}) {
   return body;
 }
 
+function explain(err, what) {
+  return err.status === 401 ? "enter the API token first (top right)" : `${what}: ${err.message}`;
+}
+
 // -- token -------------------------------------------------------------------------------------
 function showTokenState() { $("#token-state").textContent = token() ? "saved" : "not set"; }
 $("#token-form").addEventListener("submit", (ev) => {
@@ -39,11 +48,51 @@ $("#token-form").addEventListener("submit", (ev) => {
 });
 
 // -- live view ---------------------------------------------------------------------------------
-function refreshImage(img, cameraId) {
-  const next = () => setTimeout(() => { img.src = `/v1/cameras/${encodeURIComponent(cameraId)}/snapshot.jpg?t=${Date.now()}`; }, 250);
-  img.onload = next;
-  img.onerror = () => setTimeout(next, 750);
-  next();
+// The picture and the text under it come from one answer: the snapshot carries the region
+// states drawn on it (X-Region-States), and the text is set from those when the picture shows.
+function showStates(card, states) {
+  for (const s of states) {
+    const item = $(`.region[data-region="${CSS.escape(s.region)}"]`, card);
+    if (!item) continue;
+    item.dataset.frame = s.frame;
+    const label = $(".label", item);
+    label.textContent = s.label === null ? "…" : s.label;
+    label.classList.toggle("unknown", s.label === "unknown" || s.label === null);
+    const near = s.label === "unknown" && s.nearest ? `nearest ${s.nearest} · ` : "";
+    $(".score", item).textContent = s.label === null ? "" :
+      `${near}${s.score.toFixed(2)}${s.latency_ms !== null ? ` · ${s.latency_ms} ms` : ""}`;
+  }
+}
+
+async function refreshSnapshot(card, cameraId) {
+  const img = $("img", card);
+  try {
+    const r = await fetch(`/v1/cameras/${encodeURIComponent(cameraId)}/snapshot.jpg?t=${Date.now()}`, { cache: "no-store" });
+    if (r.ok) {
+      const states = JSON.parse(r.headers.get("X-Region-States") || "[]");
+      const url = URL.createObjectURL(await r.blob());
+      await new Promise((resolve) => {
+        img.onload = img.onerror = resolve;
+        img.src = url;
+      });
+      if (img.dataset.url) URL.revokeObjectURL(img.dataset.url);
+      img.dataset.url = url;
+      card.classList.add("has-frame");
+      showStates(card, states);
+    }
+  } catch (err) { /* the daemon restarts or the network blinks: try again */ }
+  setTimeout(() => refreshSnapshot(card, cameraId), card.classList.contains("has-frame") ? 250 : 1000);
+}
+
+function showCameraState(card, cam) {
+  const badge = $(".state", card);
+  badge.textContent = cam.state.replace("_", " ");
+  badge.className = `state ${cam.state}`;
+  const reason = $(".reason", card);
+  reason.textContent = cam.reason || "";
+  reason.hidden = !cam.reason;
+  card.classList.toggle("down", cam.state !== "streaming");
+  $(".placeholder", card).textContent = cam.reason || "waiting for the first frame…";
 }
 
 function buildCameras() {
@@ -57,13 +106,15 @@ function buildCameras() {
       item.dataset.region = region.name;
       regions.append(item);
     }
-    const img = el("img", { alt: `camera ${cam.id}` });
     const card = el("div", { className: "camera" },
-      el("div", { className: "title" }, el("strong", { textContent: cam.id }), el("span", { className: `state ${cam.state}`, textContent: cam.state })),
-      img, regions);
+      el("div", { className: "title" }, el("strong", { textContent: cam.id }), el("span", { className: "state" })),
+      el("p", { className: "reason", hidden: true }),
+      el("div", { className: "frame" }, el("img", { alt: `camera ${cam.id}` }), el("div", { className: "placeholder" })),
+      regions);
     card.dataset.camera = cam.id;
     root.append(card);
-    refreshImage(img, cam.id);
+    showCameraState(card, cam);
+    refreshSnapshot(card, cam.id);
   }
   const select = $("#enroll-camera");
   select.replaceChildren(...cameras.map((c) => el("option", { value: c.id, textContent: c.id })));
@@ -76,45 +127,64 @@ function fillRegions() {
 }
 $("#enroll-camera").addEventListener("change", fillRegions);
 
-async function pollState() {
-  try {
-    for (const s of await api("/v1/state")) {
-      const item = document.querySelector(`.camera[data-camera="${CSS.escape(s.camera)}"] .region[data-region="${CSS.escape(s.region)}"]`);
-      if (!item) continue;
-      const label = $(".label", item);
-      label.textContent = s.label === null ? "…" : s.label;
-      label.classList.toggle("unknown", s.label === "unknown" || s.label === null);
-      $(".score", item).textContent = s.label === null ? "" : `${s.score.toFixed(2)}${s.latency_ms !== null ? ` · ${s.latency_ms} ms` : ""}`;
-    }
-  } catch (err) { /* the daemon restarts or the network blinks: try again */ }
-  setTimeout(pollState, 500);
+function showHealth(health) {
+  $("#device").textContent = health.device;
+  if (health.model) showModel(health.model);
+  for (const [id, cam] of Object.entries(health.cameras || {})) {
+    const card = document.querySelector(`.camera[data-camera="${CSS.escape(id)}"]`);
+    if (card) showCameraState(card, cam);
+  }
+  const problems = (health.storage && health.storage.problems) || [];
+  const banner = $("#banner");
+  banner.hidden = !problems.length;
+  banner.replaceChildren(...(problems.length ? [el("strong", { textContent: "Storage: " }),
+    ...problems.map((p) => el("span", { className: "problem", textContent: p }))] : []));
 }
 
-async function pollCameras() {
-  try {
-    const fresh = await api("/v1/cameras");
-    for (const cam of fresh) {
-      const badge = document.querySelector(`.camera[data-camera="${CSS.escape(cam.id)}"] .state`);
-      if (badge) { badge.textContent = cam.state; badge.className = `state ${cam.state}`; }
-    }
-  } catch (err) { /* retry */ }
-  setTimeout(pollCameras, 2000);
+async function pollHealth() {
+  try { showHealth(await api("/health")); } catch (err) {
+    if (err.body && err.body.cameras) showHealth(err.body); // 503: the inference loop is down, the rest still says why
+  }
+  setTimeout(pollHealth, 2000);
 }
 
 // -- enrollment --------------------------------------------------------------------------------
+function syncMode() {
+  const stable = $("#enroll-until").value === "stable";
+  $("#enroll-frames-label").textContent = stable ? "At most" : "Shots";
+  if (stable && $("#enroll-negative").checked) $("#enroll-negative").checked = false;
+}
+$("#enroll-until").addEventListener("change", syncMode);
+$("#enroll-negative").addEventListener("change", () => {
+  if ($("#enroll-negative").checked) { $("#enroll-until").value = "count"; syncMode(); }
+});
+
+function qualityText(q) {
+  const parts = [plural(q.exemplars, "exemplar")];
+  if (q.negatives) parts.push(plural(q.negatives, "negative"));
+  if (q.loo_accuracy !== null) parts.push(`leave-one-out ${pct(q.loo_accuracy)}`);
+  if (q.margin !== null && q.nearest_class) parts.push(`margin ${q.margin.toFixed(2)} to ${q.nearest_class}`);
+  return parts.join(" · ");
+}
+
 $("#enroll-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const result = $("#enroll-result");
   const button = $("#enroll-button");
   const camera = $("#enroll-camera").value;
+  const until = $("#enroll-until").value;
+  const n = Number($("#enroll-frames").value) || (until === "stable" ? 12 : 5);
   const body = {
     label: $("#enroll-label").value.trim(),
     region: $("#enroll-region").value || null,
-    frames: Number($("#enroll-frames").value) || 5,
     negative: $("#enroll-negative").checked,
+    until,
   };
+  if (until === "stable") body.max_frames = n; else body.frames = n;
   result.className = "";
-  result.textContent = `capturing ${body.frames} shots of ${camera}/${body.region}…`;
+  result.textContent = until === "stable"
+    ? `capturing shots of ${camera}/${body.region} until "${body.label}" has enough (at most ${n})…`
+    : `capturing ${plural(n, "shot")} of ${camera}/${body.region}…`;
   button.disabled = true;
   try {
     const r = await api(`/v1/cameras/${encodeURIComponent(camera)}/enroll`, {
@@ -122,40 +192,97 @@ $("#enroll-form").addEventListener("submit", async (ev) => {
     });
     const why = Object.entries(r.reasons).map(([k, v]) => `${k} ×${v}`).join(", ");
     const q = r.quality && r.quality[0];
-    result.textContent = `enrolled ${r.added} shot(s) as "${r.label}"${r.rejected ? `; rejected ${r.rejected} (${why})` : ""}` +
-      (q ? ` — ${q.exemplars} examples, ${q.advice}` : "");
+    result.replaceChildren(
+      el("div", { className: "done", textContent: `enrolled ${plural(r.added, "shot")} as "${r.label}"` +
+        `${r.rejected ? `; rejected ${r.rejected} (${why})` : ""}` }),
+      el("div", { className: "stopped muted", textContent: `stopped: ${r.stop_reason}` }),
+      ...(q ? [el("div", { className: "quality", textContent: `${qualityText(q)} · threshold ${q.threshold.toFixed(2)}` }),
+        el("div", { className: `recommendation ${q.recommendation === "enough" ? "ok" : "todo"}`, textContent: `next: ${q.recommendation}` })] : []));
     loadClasses();
   } catch (err) {
     result.className = "error";
-    result.textContent = err.status === 401 ? "enter the API token first (top right)" : `not enrolled: ${err.message}`;
+    result.textContent = explain(err, "not enrolled");
   } finally {
     button.disabled = false;
   }
 });
 
+$("#background-button").addEventListener("click", async () => {
+  const result = $("#enroll-result");
+  const camera = $("#enroll-camera").value;
+  const region = $("#enroll-region").value || null;
+  result.className = "";
+  result.textContent = `sampling the background of ${camera}/${region} (keep enrolled things out of view)…`;
+  try {
+    const r = await api(`/v1/cameras/${encodeURIComponent(camera)}/background`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ region }),
+    });
+    result.textContent = `stored ${plural(r.frames, "background frame")} of ${r.camera}/${r.region}: the thresholds now sit above what it sees when nothing enrolled is there`;
+    loadClasses();
+  } catch (err) {
+    result.className = "error";
+    result.textContent = explain(err, "background not stored");
+  }
+});
+
+// -- toast with undo ---------------------------------------------------------------------------
+let toastTimer = null;
+function toast(text, undo = null, seconds = 5) {
+  const box = $("#toast");
+  const button = $("#toast-undo");
+  clearTimeout(toastTimer);
+  $("#toast-text").textContent = text;
+  button.hidden = !undo;
+  button.onclick = undo ? async () => { button.disabled = true; clearTimeout(toastTimer); await undo(); button.disabled = false; } : null;
+  box.hidden = false;
+  toastTimer = setTimeout(() => { box.hidden = true; }, seconds * 1000);
+}
+
+async function deleteClass(c) {
+  const what = plural(c.exemplars, "exemplar") + (c.negatives ? ` and ${plural(c.negatives, "negative")}` : "");
+  if (!window.confirm(`Delete "${c.label}" and its ${what}?`)) return;
+  let r;
+  try {
+    r = await api(`/v1/classes/${encodeURIComponent(c.label)}`, { method: "DELETE" });
+  } catch (err) {
+    toast(explain(err, "not deleted"));
+    return;
+  }
+  loadClasses();
+  if (!r.restore) { toast(`Deleted "${r.label}".`); return; }
+  const seconds = Math.min(UNDO_S, r.undo_s);
+  toast(`Deleted "${r.label}" (${plural(r.removed, "exemplar")}).`, async () => {
+    try {
+      const back = await api(r.restore, { method: "POST" });
+      toast(`Restored "${back.label}" (${plural(back.restored, "exemplar")}).`);
+    } catch (err) { toast(explain(err, "not restored")); }
+    loadClasses();
+  }, seconds);
+}
+
 // -- classes -----------------------------------------------------------------------------------
 async function loadClasses() {
   let classes;
   try { classes = await api("/v1/classes"); } catch (err) { return; }
+  $("#class-count").textContent = `(${plural(classes.length, "class", "classes")})`;
   const root = $("#classes");
   if (!classes.length) { root.replaceChildren(el("p", { className: "muted", textContent: "no classes enrolled yet" })); return; }
   root.replaceChildren(...classes.map((c) => {
     const thumbs = el("div", { className: "thumbs" });
     for (const id of c.exemplar_ids.slice(-12)) thumbs.append(el("img", { src: `/v1/exemplars/${id}.jpg`, alt: c.label, title: `exemplar ${id}` }));
     for (const id of c.negative_ids.slice(-6)) thumbs.append(el("img", { src: `/v1/exemplars/${id}.jpg`, alt: `not ${c.label}`, className: "negative", title: `negative ${id}` }));
-    const loo = c.loo_accuracy === null ? "—" : `${Math.round(c.loo_accuracy * 100)}%`;
-    const near = c.nearest_class === null ? "" : ` · nearest ${c.nearest_class} (${c.nearest_similarity.toFixed(2)})`;
     const remove = el("button", { className: "delete", textContent: "Delete", title: `forget ${c.label}` });
-    remove.addEventListener("click", async () => {
-      try { await api(`/v1/classes/${encodeURIComponent(c.label)}`, { method: "DELETE" }); loadClasses(); }
-      catch (err) { $("#enroll-result").className = "error"; $("#enroll-result").textContent = `not deleted: ${err.message}`; }
-    });
+    remove.addEventListener("click", () => deleteClass(c));
+    const threshold = c.threshold === null ? "—" : c.threshold.toFixed(2);
     const row = el("div", { className: "class" },
       el("div", {}, el("strong", { className: "name", textContent: c.label }),
-        el("div", { className: "figures muted", textContent: `${c.exemplars} examples${c.negatives ? `, ${c.negatives} negative` : ""} · leave-one-out ${loo}${near}` }),
-        el("div", { className: "advice figures", textContent: c.advice })),
+        el("div", { className: "figures muted", textContent: qualityText(c) }),
+        el("div", { className: "threshold figures muted", title: c.threshold_reason || "",
+          textContent: `threshold ${threshold} (${c.threshold_calibrated ? "calibrated" : "global"})` }),
+        el("div", { className: `recommendation figures ${c.recommendation === "enough" ? "ok" : "todo"}`, textContent: c.recommendation })),
       thumbs, remove);
     row.dataset.label = c.label;
+    row.dataset.threshold = threshold;
     return row;
   }));
 }
@@ -170,7 +297,8 @@ function listenEvents() {
   };
   source.addEventListener("event", (msg) => {
     const e = JSON.parse(msg.data);
-    show(`${e.decision_time} ${e.camera}/${e.region}: ${e.previous ?? "—"} → ${e.label} (${e.score.toFixed(2)}, ${e.latency_ms} ms)`);
+    const near = e.label === "unknown" && e.nearest ? `, nearest ${e.nearest}` : "";
+    show(`${e.decision_time} ${e.camera}/${e.region}: ${e.previous ?? "—"} → ${e.label} (${e.score.toFixed(2)}${near}, ${e.latency_ms} ms)`);
   });
   source.addEventListener("model", (msg) => {
     const e = JSON.parse(msg.data);
@@ -184,15 +312,11 @@ function showModel(m) { $("#model").textContent = `model ${m.name} v${m.version}
 
 async function main() {
   showTokenState();
-  try {
-    const health = await api("/health");
-    $("#device").textContent = health.device;
-    if (health.model) showModel(health.model);
-  } catch (err) { /* shown as empty */ }
-  cameras = await api("/v1/cameras");
+  syncMode();
+  // The cameras first, so that their snapshots are requested at once (no blank cards).
+  try { cameras = await api("/v1/cameras"); } catch (err) { cameras = []; }
   buildCameras();
-  pollState();
-  pollCameras();
+  pollHealth();
   loadClasses();
   setInterval(loadClasses, 10000);
   listenEvents();
