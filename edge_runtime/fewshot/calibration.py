@@ -225,6 +225,11 @@ def calibrate_thresholds(
             # The equal-error point of the two Gaussians, but never one that rejects more than
             # ~5% of genuine views: open-set safety must not make the class unrecognisable.
             eer = (g_mean * s + m * g_std) / (g_std + s)
+            if not len(b):
+                # Without background, the only impostors are the other enrolled classes, which are
+                # usually farther than what a camera really shows: never go below the global
+                # threshold on their word alone (a sampled background may justify going lower).
+                eer = max(eer, fallback)
             t = min(eer, g_mean - GENUINE_Z * g_std)
             what = ("the other classes" + (" and the background" if len(b) else "")) if len(x) > counts[c] \
                 else "the background"
