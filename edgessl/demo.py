@@ -1,98 +1,408 @@
-"""`edgessl demo` (what `make demo` runs): the whole pipeline on data it renders itself.
+"""`edgessl demo` (what `make demo` runs): the whole product on a device, on data it renders itself.
 
-Renders a labelled set of shapes and a video with known ground truth, pretrains a backbone
-with SimCLR on the images (labels ignored), exports a verified bundle, enrolls every class
-on the "device" from 5 examples, classifies the video frame by frame and held-out images,
-and prints per-class accuracy. No network, no ../shared.
+    render (unlabeled clips, labelled held-out shots, a camera video with ground truth)
+    -> pretrain (self-supervised, labels never used) -> distil a student -> export ONNX + INT8
+    -> keys generate + sign -> device init (x86-cpu) -> flash (A/B slot, health check)
+    -> `edgessl run` as a child process (the video as a looping file camera, one region,
+       a JSON-lines sink) -> enroll every class through the HTTP API from 5 images
+    -> read the daemon's smoothed labels from the sink -> per-class accuracy on the video,
+       held-out accuracy through `edgessl classify --root`, the same backbone with random
+       weights as the baseline, the artifact that ran, latency p50/p99 and the page's URL.
+
+Training, distillation and export run in this process (the library the commands call);
+everything on the device side runs the real `edgessl` command in a subprocess, so the demo
+proves the CLI. No network, no ../shared.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import threading
 import time
+import urllib.request
+import uuid
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 SHOTS = 5
+THRESHOLD = 0.0  # closed-set demo: the daemon names the nearest class unless nothing is similar at all
+ALPHA, CONSECUTIVE = 0.5, 3  # the daemon's smoothing (EMA weight, frames in a row before a change)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
-    p.add_argument("--minutes", type=float, default=1.5, help="pretraining budget (default: 1.5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and of training (default: 0)")
+    p.add_argument("--minutes", type=float, default=1.5, help="self-supervised pretraining budget (default: 1.5)")
+    p.add_argument("--distill-minutes", type=float, default=0.5, help="distillation budget (default: 0.5)")
     p.add_argument("--per-class", type=int, default=400, help="unlabeled training images per class (default: 400)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--held-out", type=int, default=40, help="labelled held-out images per class (default: 40)")
+    p.add_argument("--seconds-per-class", type=float, default=2.5,
+                   help="how long each class stays in the camera video (default: 2.5)")
+    p.add_argument("--fps", type=int, default=12, help="camera video frame rate (default: 12)")
+    p.add_argument("--student", default="resnet_tiny", help="student backbone for the device (default: resnet_tiny)")
+    p.add_argument("--serve", action="store_true", help="keep the daemon running at the end (Ctrl-C stops it)")
 
 
 def _say(step: str, what: str) -> None:
     print(f"\n== {step}: {what}", flush=True)
 
 
-def run(args: argparse.Namespace) -> int:
+def _cmd(*args: object) -> list[str]:
+    return [sys.executable, "-m", "edgessl", *map(str, args)]
+
+
+def _edgessl(*args: object) -> str:
+    """Run one `edgessl` command (shown as a user would type it); its stdout, or an error with its stderr."""
+    print("$ edgessl " + " ".join(map(str, args)), flush=True)
+    proc = subprocess.run(_cmd(*args), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"`edgessl {' '.join(map(str, args))}` failed ({proc.returncode}):\n"
+                           f"{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+# ---------------------------------------------------------------- the daemon, as a child process
+
+class DaemonProcess:
+    """`edgessl run --root ROOT` in a subprocess; its log is kept, its API URL read from it."""
+
+    def __init__(self, root: Path, log_path: Path) -> None:
+        self.log_path = log_path
+        self.url: str | None = None
+        self._ready = threading.Event()
+        args = ["run", "--root", root, "--port", "0"]
+        print("$ edgessl " + " ".join(map(str, args)), flush=True)
+        self.proc = subprocess.Popen(_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+
+    def _read_log(self) -> None:
+        assert self.proc.stderr is not None
+        with open(self.log_path, "w") as log:
+            for line in self.proc.stderr:
+                log.write(line)
+                log.flush()
+                found = re.search(r"API listening on (http://\S+)", line)
+                if found:
+                    self.url = found.group(1)
+                    self._ready.set()
+        self._ready.set()
+
+    def wait_ready(self, timeout: float = 60.0) -> str:
+        self._ready.wait(timeout)
+        if self.url is None:
+            self.stop()
+            tail = self.log_path.read_text()[-3000:] if self.log_path.exists() else ""
+            raise RuntimeError(f"the daemon did not start its API (exit code {self.proc.poll()}); its log:\n{tail}")
+        return self.url
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(2)
+
+
+def _http(method: str, url: str, token: str | None = None, body: bytes | None = None,
+          content_type: str | None = None) -> Any:
+    req = urllib.request.Request(url, data=body, method=method)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    if content_type:
+        req.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"{method} {url}: HTTP {exc.code}: {exc.read()[:500]!r}") from exc
+
+
+def _enroll(url: str, token: str, label: str, images: Sequence[Path]) -> Any:
+    """POST /v1/classes as multipart/form-data: a `label` field and the `images` files."""
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="label"\r\n\r\n{label}\r\n'.encode()]
+    for path in images:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{path.name}"\r\n'
+                     f"Content-Type: image/png\r\n\r\n".encode() + path.read_bytes() + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return _http("POST", f"{url}/v1/classes", token, b"".join(parts), f"multipart/form-data; boundary={boundary}")
+
+
+# ---------------------------------------------------------------- figures
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))] if s else float("nan")
+
+
+def labels_per_frame(events: list[dict[str, Any]], camera: str, region: str, first: int, last: int) -> dict[int, str]:
+    """The label the daemon showed at every frame seq in [first, last]: the newest label change
+    (from the JSON-lines sink) at or before that frame; frames before the first label are absent."""
+    changes = sorted((e["frame"], e["label"]) for e in events if e["camera"] == camera and e["region"] == region)
+    out, label, i = {}, None, 0
+    for seq in range(first, last + 1):
+        while i < len(changes) and changes[i][0] <= seq:
+            label = changes[i][1]
+            i += 1
+        if label is not None:
+            out[seq] = label
+    return out
+
+
+def random_weights_accuracy(student_ckpt: Path, support: dict[str, list[Path]], query: dict[str, list[Path]],
+                            seed: int) -> dict[str, float]:
+    """Held-out accuracy of the student's architecture with random weights, through the same
+    preprocessing and prototype code (centred on the support set's mean: no training data)."""
     import cv2
+    import numpy as np
+    import torch
+
+    from edgessl.edge_runtime.fewshot.prototypes import center_normalize, class_prototypes, nearest
+    from edgessl.train.checkpoint import load_backbone, load_checkpoint
+    from edgessl.train.data import resize_crop
+    from edgessl.train.views import eval_transform
+
+    ckpt = load_checkpoint(student_ckpt)
+    pre = ckpt["preprocess"]
+    size = pre["input_size"][0]
+    torch.manual_seed(seed)
+    backbone = load_backbone(ckpt, random_weights=True)
+    classes = list(support)
+
+    def embed(paths: list[Path]) -> np.ndarray:
+        x = torch.from_numpy(np.stack([resize_crop(cv2.imread(str(p)), size) for p in paths]))
+        with torch.no_grad():
+            return backbone(eval_transform(x, size, pre["mean"], pre["std"])).numpy()
+
+    s_feat = [embed(support[c]) for c in classes]
+    center = np.concatenate(s_feat).mean(0)
+    labels = np.concatenate([np.full(len(f), i) for i, f in enumerate(s_feat)])
+    _, protos = class_prototypes(np.concatenate(s_feat), labels, center)
+    out = {}
+    for i, c in enumerate(classes):
+        pred, _ = nearest(center_normalize(embed(query[c]), center), protos)
+        out[c] = float((np.asarray(pred) == i).mean())
+    return out
+
+
+# ---------------------------------------------------------------- the demo
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
 
     from edgessl import synthetic
-    from edgessl.edge_runtime.bundle.manifest import load_bundle
-    from edgessl.edge_runtime.fewshot.classifier import FewShotClassifier
-    from edgessl.edge_runtime.fewshot.gallery import Gallery
-    from edgessl.edge_runtime.inference.extractor import FeatureExtractor
-    from edgessl.edge_runtime.inference.sources import FrameReader
     from edgessl.export.bundle_writer import export_bundle
     from edgessl.train.pretrain import PretrainConfig, pretrain
 
     t_start = time.monotonic()
-    out: Path = args.out
+    out: Path = args.out.resolve()
     if out.exists():
         shutil.rmtree(out)
-    data = out / "data"
+    data, root = out / "data", out / "device"
+    timings: dict[str, float] = {}
 
-    _say("1/5 data", "rendering shapes and a video (procedural, no download)")
+    def lap(name: str, since: float) -> float:
+        timings[name] = time.monotonic() - since
+        return time.monotonic()
+
+    t = time.monotonic()
+    _say("1/8 data", "rendering shapes and a camera video (procedural, no download)")
     synthetic.write_image_set(data / "unlabeled", args.per_class, size=64, seed=args.seed)
-    held_out = synthetic.write_image_set(data / "held_out", 40, size=64, seed=args.seed + 100)
-    truth = synthetic.write_video(data / "shapes.mp4", seconds_per_class=3.0, fps=10, size=128, seed=args.seed + 7)
-    print(f"{args.per_class * len(synthetic.CLASSES)} unlabeled images in {data / 'unlabeled'}, "
-          f"{len(truth)}-frame video {data / 'shapes.mp4'}, classes: {', '.join(synthetic.CLASSES)}")
+    held_out = synthetic.write_image_set(data / "held_out", args.held_out, size=64, seed=args.seed + 100)
+    support = {k: v[:SHOTS] for k, v in held_out.items()}
+    query = {k: v[SHOTS:] for k, v in held_out.items()}
+    qdir = data / "queries"
+    for k, paths in query.items():
+        (qdir / k).mkdir(parents=True)
+        for p in paths:
+            shutil.copy(p, qdir / k / p.name)
+    video = data / "video.mp4"
+    truth = synthetic.write_camera_video(video, args.seconds_per_class, args.fps, seed=args.seed + 7)
+    (data / "video.truth.json").write_text(json.dumps(truth))
+    print(f"{args.per_class * len(synthetic.CLASSES)} unlabeled images in {data / 'unlabeled'} (their folder names "
+          f"are never read)\n{len(truth)}-frame camera video {video} "
+          f"({args.fps} fps, {args.seconds_per_class:g} s per class), classes: {', '.join(synthetic.CLASSES)}")
+    t = lap("data", t)
 
-    _say("2/5 pretrain", f"SimCLR on resnet_tiny for {args.minutes} min (labels ignored)")
-    ckpt = pretrain(PretrainConfig(data=str(data / "unlabeled"), out=str(out / "run"), minutes=args.minutes,
-                                   image_size=32, batch_size=64, crop_min_scale=0.5, seed=args.seed))
+    _say("2/8 pretrain", f"SimCLR on resnet_tiny for {args.minutes:g} min (labels ignored)")
+    teacher = pretrain(PretrainConfig(
+        data=str(data / "unlabeled"), out=str(out / "teacher"), method="simclr", backbone="resnet_tiny",
+        minutes=args.minutes, image_size=IMAGE_SIZE, batch_size=64, crop_min_scale=0.5, seed=args.seed,
+        tensorboard=False))
+    t = lap("pretrain", t)
 
-    _say("3/5 export", "ONNX fp32 bundle, checked against torch through the device's code")
-    bundle_dir = export_bundle(ckpt, out / "bundle", force=True)
-    bundle = load_bundle(bundle_dir)
-    print(f"bundle {bundle_dir}: onnx fp32 min cosine {bundle.manifest.artifacts[0].parity['cosine_min']:.6f}")
+    _say("3/8 distil", f"a {args.student} student learns the teacher's embedding space ({args.distill_minutes:g} min)")
+    student = pretrain(PretrainConfig(
+        data=str(data / "unlabeled"), out=str(out / "student"), method="distill", backbone=args.student,
+        minutes=args.distill_minutes, image_size=IMAGE_SIZE, batch_size=64, crop_min_scale=0.5, seed=args.seed,
+        method_options={"teacher": str(teacher), "relation_weight": 1.0, "qat_fraction": 0.2}, tensorboard=False))
+    t = lap("distil", t)
 
-    _say("4/5 enroll", f"{SHOTS} examples per class into the on-device gallery")
-    with FeatureExtractor.from_bundle(bundle) as extractor, Gallery(out / "gallery.db") as gallery:
-        classifier = FewShotClassifier(extractor, gallery, threshold=-1.0)  # always the nearest class
-        for kind, paths in held_out.items():
-            classifier.enroll(kind, [cv2.imread(str(p)) for p in paths[:SHOTS]])
-        print(", ".join(f"{c.label} ({c.exemplars})" for c in gallery.classes()))
+    _say("4/8 export", "ONNX fp32 + INT8 (calibrated on unlabeled renders), checked through the device's code")
+    bundle = export_bundle(student, out / "bundle", formats=["onnx", "onnx-int8"], calib=data / "unlabeled",
+                           devices=["x86-cpu"], name="demo-shapes", version=1, force=True)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for a in manifest["artifacts"]:
+        parity = a.get("parity") or {}
+        print(f"  {a['name']:<10} {a['file']:<16} centred cosine to torch: median {parity.get('cosine_median', 0):.4f}, "
+              f"min {parity.get('cosine_min', 0):.4f}")
+    print(f"  the x86-cpu profile's default: {manifest.get('defaults', {}).get('x86-cpu')}")
+    t = lap("export", t)
 
-        _say("5/5 classify", "the video frame by frame, and the held-out images")
-        predictions = out / "predictions.jsonl"
+    _say("5/8 sign + provision + flash", "keys, signature, a device root (x86-cpu, A/B slots), install")
+    _edgessl("keys", "generate", "--out", out / "keys")
+    _edgessl("sign", bundle, "--key", out / "keys" / "signing.key")
+    _edgessl("device", "init", "--root", root, "--profile", "x86-cpu", "--trust", out / "keys" / "signing.pub")
+    print(_edgessl("flash", bundle, "--to", root).rstrip())
+    t = lap("flash", t)
+
+    _say("6/8 daemon", "edgessl run: the video as a looping camera, one region, a JSON-lines sink")
+    events_path = out / "events.jsonl"
+    config = {
+        "device": "demo", "state_dir": "state", "model": {"root": "."},
+        "classifier": {"threshold": THRESHOLD},
+        "smoothing": {"alpha": ALPHA, "hysteresis": 0.05, "consecutive": CONSECUTIVE},
+        "cameras": [{"id": "bench", "url": str(video), "loop": True,
+                     "regions": [dict(name="tray", **synthetic.CAMERA_REGION)]}],
+        "sinks": {"events": {"type": "jsonl", "path": str(events_path)}},
+        "api": {"host": "127.0.0.1", "port": 0},
+    }
+    (root / "edge.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    print(f"config {root / 'edge.yaml'} (ROOT/edge.yaml is read by `edgessl run --root ROOT`)")
+    daemon = DaemonProcess(root, out / "daemon.log")
+    try:
+        url = daemon.wait_ready()
+        token = (os.environ.get("EDGESSL_API_TOKEN") or (root / "state" / "api-token").read_text()).strip()
+        model = _http("GET", f"{url}/v1/model")
+        print(f"daemon pid {daemon.proc.pid}, API {url}, model {model['name']}:{model['version']} "
+              f"backend {model['backend']} artifact {model['artifact']} ({model.get('why', '')})")
+        t = lap("daemon start", t)
+
+        _say("7/8 enroll", f"every class through POST /v1/classes, {SHOTS} images each")
+        for kind, paths in support.items():
+            answer = _enroll(url, token, kind, paths)
+            print(f"  {kind:<9} {answer.get('exemplars', answer) if isinstance(answer, dict) else answer}")
+        enrolled_at = max(s["frame"] for s in _http("GET", f"{url}/v1/state"))
+
+        _say("8/8 watch", "the daemon's labels from the JSON-lines sink over one loop of the video")
+        n = len(truth)
+        first = enrolled_at + 2 * args.fps  # after the last enrollment the smoother settles for a moment
+        last = first + n - 1
+        latencies: dict[int, float] = {}
+        while True:
+            states = _http("GET", f"{url}/v1/state")
+            for s in states:
+                if s["latency_ms"] is not None:
+                    latencies[s["frame"]] = s["latency_ms"]
+            newest = max(s["frame"] for s in states)
+            if newest > last + 2:
+                break
+            if daemon.proc.poll() is not None:
+                raise RuntimeError(f"the daemon exited ({daemon.proc.returncode}); see {out / 'daemon.log'}")
+            time.sleep(0.05)
+        time.sleep(0.5)  # the sink writes on its own thread
+        events = [json.loads(line) for line in events_path.read_text().splitlines() if line.strip()]
+        shown = labels_per_frame(events, "bench", "tray", first, last)
+        t = lap("enroll + watch", t)
+
+        # Held-out images through the device's command, against the gallery the daemon enrolled.
+        lines = _edgessl("classify", "--root", root, "--gallery", root / "state" / "gallery.db",
+                         "--threshold", "-1", qdir).splitlines()
+        held = {k: [0, 0] for k in synthetic.CLASSES}
+        for line in lines:
+            rec = json.loads(line)
+            kind = Path(rec["source"]).parent.name
+            held[kind][0] += rec["label"] == kind
+            held[kind][1] += 1
+        rand = random_weights_accuracy(student, support, query, args.seed)
+        t = lap("held-out + baseline", t)
+
+        # Video: a frame counts once the object has been in the region for SETTLE frames.
+        settle = _settle_frames()
+        video_all = {k: [0, 0] for k in synthetic.CLASSES}
         video_ok = {k: [0, 0] for k in synthetic.CLASSES}
-        with open(predictions, "w") as f:
-            for frame in FrameReader([data / "shapes.mp4"]):
-                pred = classifier.classify([frame.image])[0]
-                kind = truth[frame.index]
-                video_ok[kind][0] += pred.label == kind
+        for seq in range(first, last + 1):
+            pos = (seq - 1) % n
+            kind = truth[pos]
+            label = shown.get(seq)
+            video_all[kind][0] += label == kind
+            video_all[kind][1] += 1
+            if _steady(truth, pos, settle):
+                video_ok[kind][0] += label == kind
                 video_ok[kind][1] += 1
-                f.write(json.dumps({"frame": frame.index, "timestamp": round(frame.timestamp_s, 3),
-                                    "label": pred.label, "score": round(pred.score, 4), "truth": kind}) + "\n")
-        image_ok = {}
-        for kind, paths in held_out.items():
-            preds = classifier.classify([cv2.imread(str(p)) for p in paths[SHOTS:]])
-            image_ok[kind] = (sum(p.label == kind for p in preds), len(preds))
+        with open(out / "video_decisions.jsonl", "w") as f:
+            for seq in range(first, last + 1):
+                f.write(json.dumps({"frame": seq, "position": (seq - 1) % n, "truth": truth[(seq - 1) % n],
+                                    "label": shown.get(seq),
+                                    "counted": _steady(truth, (seq - 1) % n, settle)}) + "\n")
 
-    print(f"\n{'class':<10} {'video frames':>14} {'held-out images':>16}")
-    for kind in synthetic.CLASSES:
-        (vc, vn), (ic, in_) = video_ok[kind], image_ok[kind]
-        print(f"{kind:<10} {100 * vc / vn:>13.1f}% {100 * ic / in_:>15.1f}%")
-    vc, vn = (sum(v[i] for v in video_ok.values()) for i in (0, 1))
-    ic, in_ = (sum(v[i] for v in image_ok.values()) for i in (0, 1))
-    print(f"{'all':<10} {100 * vc / vn:>13.1f}% {100 * ic / in_:>15.1f}%   (chance: {100 / len(synthetic.CLASSES):.0f}%)")
-    print(f"\noutputs: checkpoint {ckpt}\n         bundle     {bundle_dir}\n         gallery    {out / 'gallery.db'}"
-          f"\n         per-frame  {predictions}\ndone in {time.monotonic() - t_start:.0f} s. Try:\n"
-          f"  edgessl classify --bundle {bundle_dir} --gallery {out / 'gallery.db'} {data / 'shapes.mp4'}")
+        lat = list(latencies.values())
+        ev_lat = [e["latency_ms"] for e in events]
+
+        def pct(c: Sequence[int]) -> str:
+            return f"{100 * c[0] / c[1]:.1f}%" if c[1] else "-"
+
+        print(f"\n{'class':<10} {'held-out':>9} {'video':>8} {'(all frames)':>13} {'random weights':>15}")
+        for k in synthetic.CLASSES:
+            print(f"{k:<10} {pct(held[k]):>9} {pct(video_ok[k]):>8} {pct(video_all[k]):>13} {100 * rand[k]:>14.1f}%")
+
+        def total(d: dict[str, list[int]]) -> list[int]:
+            return [sum(v[0] for v in d.values()), sum(v[1] for v in d.values())]
+
+        def worst(d: dict[str, list[int]]) -> str:
+            return f"{min(100 * v[0] / v[1] for v in d.values() if v[1]):.1f}%"
+
+        print(f"{'all':<10} {pct(total(held)):>9} {pct(total(video_ok)):>8} {pct(total(video_all)):>13} "
+              f"{100 * sum(rand.values()) / len(rand):>14.1f}%   (chance {100 / len(synthetic.CLASSES):.0f}%)")
+        print(f"\nvideo rule: the daemon's smoothed label at every frame of one loop ({n} frames, read from the "
+              f"JSON-lines sink); the first {settle} frames ({settle / args.fps:.2f} s) after each change of the "
+              f"object in the region are transitions (EMA alpha {ALPHA} + {CONSECUTIVE} frames in a row) and are "
+              f"not counted; '(all frames)' counts them.")
+        print(f"held-out: {sum(len(v) for v in query.values())} images never enrolled, `edgessl classify --root` "
+              f"(nearest class); random weights: the {args.student} architecture untrained, same prototypes.")
+        wall = time.monotonic() - t_start
+        print(f"\nRESULT seed={args.seed} held-out {pct(total(held))} (worst class {worst(held)}) | "
+              f"video {pct(total(video_ok))} (worst class {worst(video_ok)}) | "
+              f"random weights {100 * sum(rand.values()) / len(rand):.1f}% | "
+              f"artifact {model['backend']}/{model['artifact']} ({model['precision']}) | "
+              f"latency p50 {_percentile(lat, 50):.1f} ms p99 {_percentile(lat, 99):.1f} ms "
+              f"({len(lat)} decisions; label changes p50 {_percentile(ev_lat, 50):.1f} ms) | wall {wall:.0f} s")
+        print("steps: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+        print(f"\npage: {url}/   (token: {root / 'state' / 'api-token'})\noutputs in {out}: bundle/, device/, "
+              f"events.jsonl, video_decisions.jsonl, daemon.log\nagain: edgessl run --root {root}")
+        if args.serve:
+            print(f"\nthe daemon keeps running at {url}/ ; Ctrl-C stops it", flush=True)
+            try:
+                daemon.proc.wait()
+            except KeyboardInterrupt:
+                print("stopping the daemon")
+    finally:
+        daemon.stop()
     return 0
+
+
+IMAGE_SIZE = 32
+
+
+def _settle_frames() -> int:
+    return CONSECUTIVE + 3
+
+
+def _steady(truth: list[str], pos: int, settle: int) -> bool:
+    """The object at `pos` has been in view for at least `settle` frames (the loop wraps around)."""
+    n = len(truth)
+    return all(truth[(pos - d) % n] == truth[pos] for d in range(1, settle + 1))

@@ -144,3 +144,43 @@ def write_video(path: Path, seconds_per_class: float = 2.0, fps: int = 10, size:
     finally:
         writer.release()
     return truth
+
+
+# The camera video: a wider frame, the object in the middle of it (the region the daemon
+# classifies) and a fixed poster of another shape at the side that the region leaves out.
+CAMERA_SIZE = (240, 160)  # width, height
+CAMERA_REGION = {"x": 0.25, "y": 0.1, "width": 0.5, "height": 0.75}  # 120 x 120 pixels
+
+
+def camera_frames(seconds_per_class: float = 2.5, fps: int = 12, seed: int = 7) -> Iterator[tuple[str, np.ndarray]]:
+    """(true class, BGR frame) of the camera video: each class in turn, moving and turning in the region."""
+    import cv2
+
+    w, h = CAMERA_SIZE
+    rng = np.random.default_rng(seed)
+    x0, y0 = round(CAMERA_REGION["x"] * w), round(CAMERA_REGION["y"] * h)
+    side = round(CAMERA_REGION["width"] * w)
+    scene = cv2.resize(_background(rng, 32), (w, h), interpolation=cv2.INTER_LINEAR)
+    poster = render(CLASSES[int(rng.integers(len(CLASSES)))], rng, 48)
+    scene[h - 56:h - 8, 6:54] = poster
+    for kind, tile in video_frames(seconds_per_class, fps, side, seed + 1):
+        frame = scene.copy()
+        frame[y0:y0 + side, x0:x0 + side] = tile
+        yield kind, frame
+
+
+def write_camera_video(path: Path, seconds_per_class: float = 2.5, fps: int = 12, seed: int = 7) -> list[str]:
+    """Write the camera video (mp4v) and return the true class of every frame."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, CAMERA_SIZE)
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write {path} (mp4v)")
+    truth = []
+    try:
+        for kind, frame in camera_frames(seconds_per_class, fps, seed):
+            writer.write(frame)
+            truth.append(kind)
+    finally:
+        writer.release()
+    return truth
