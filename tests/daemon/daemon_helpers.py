@@ -44,6 +44,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def png(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", image)
+    assert ok
+    return buf.tobytes()
+
+
 def textured(bgr: tuple[int, int, int], i: int, size: tuple[int, int] = (160, 120), seed: int = 0) -> np.ndarray:
     """A noisy frame of one colour with a moving white disc (sharp, and every frame differs)."""
     w, h = size

@@ -14,18 +14,13 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from daemon_helpers import BLUE, RED, make_config, render_clip, textured, wait_for
+from daemon_helpers import BLUE, RED, make_config, png, render_clip, textured, wait_for
 
 from edgessl.edge_runtime.daemon.core import Daemon
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
-
-def png(image: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", image)
-    assert ok
-    return buf.tobytes()
 
 
 @pytest.fixture(scope="module")

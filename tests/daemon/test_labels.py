@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import sqlite3
 
-import cv2
 import httpx
 import numpy as np
 import pytest
-from daemon_helpers import RED, make_config, textured, wait_for
+from daemon_helpers import RED, make_config, png, textured, wait_for
 
 from edgessl.edge_runtime.daemon.core import Daemon
 from edgessl.edge_runtime.fewshot.gallery import Gallery
@@ -19,11 +18,6 @@ from edgessl.edge_runtime.fewshot.gallery import Gallery
 TOKEN = "labels-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
-
-def png(image: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", image)
-    assert ok
-    return buf.tobytes()
 
 
 @pytest.fixture(scope="module")
