@@ -134,3 +134,44 @@ def test_golden_reference_is_what_the_check_compares(make_bundle, tmp_path, help
     assert not report.ok and report.min_cosine is not None and 0.95 < report.min_cosine < 0.999
     lenient = fp32.model_copy(update={"min_cosine": fp32.min_cosine.model_copy(update={"fp32": 0.95})})
     assert check_bundle(bundle, lenient).ok
+
+
+def test_a_failing_default_falls_back_to_the_next_passing_artifact(device_root, signed_bundle, keypair, helpers,
+                                                                   tmp_path):
+    """Export's default for the profile (here an "int8" model that drifts: other weights) fails the
+    health check on this device: the installer checks the next candidate, installs it, says which
+    and why, and records it, so everything that runs the device runs that one."""
+    from edgessl.devices.keys import sign_bundle
+    from edgessl.edge_runtime.bundle.manifest import Artifact, file_entry, read_manifest, write_manifest
+    from edgessl.edge_runtime.device.slots import active_model
+
+    profile = helpers.write_profile(tmp_path / "int8.toml", precisions='["int8", "fp32"]')
+    root = device_root(profile=profile)
+    bundle = signed_bundle("two", sign=False)
+    (bundle / "model.int8.onnx").write_bytes(helpers.tiny_onnx_model(seed=5))
+    m = read_manifest(bundle)
+    drifting = Artifact(format="onnx", precision="int8", file="model.int8.onnx", name="onnx-int8")
+    write_manifest(bundle, m.model_copy(update={
+        "artifacts": [*m.artifacts, drifting], "defaults": {"test-cpu": "onnx-int8"},
+        "files": {**m.files, "model.int8.onnx": file_entry(bundle / "model.int8.onnx")}}))
+    sign_bundle(bundle, keypair.private)
+
+    result = install(root, bundle)
+    assert result.ok
+    fallback = next(s for s in result.steps if s.startswith("fallback:"))
+    assert "onnx-fp32 installed because onnx-int8 failed its health check" in fallback
+    assert "golden embeddings do not match" in fallback
+    plan = active_model(root).plan
+    assert (plan.backend, plan.artifact.label) == ("onnxruntime", "onnx-fp32")
+    assert status(root).runs["artifact"] == "onnx-fp32"
+
+    # When no candidate passes, nothing is installed and the message names each failure.
+    (bundle / "model.onnx").write_bytes(helpers.tiny_onnx_model(seed=6))
+    m = read_manifest(bundle)
+    write_manifest(bundle, m.model_copy(update={
+        "model": m.model.model_copy(update={"version": 2}),
+        "files": {**m.files, "model.onnx": file_entry(bundle / "model.onnx")}}))
+    sign_bundle(bundle, keypair.private)
+    with pytest.raises(InstallError, match=r"every candidate failed: onnx-int8: golden.*; onnx-fp32: golden"):
+        install(root, bundle)
+    assert status(root).active_version == 1
