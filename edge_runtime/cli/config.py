@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgessl.edge_runtime.daemon.config import check_paths, check_text, json_schema
+    from edgessl.edge_runtime.daemon.config import json_schema
+    from edgessl.edge_runtime.daemon.config_file import check_paths, check_text
 
     if args.action == "schema":
         print(json.dumps(json_schema(), indent=2))

@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgessl.edge_runtime.fewshot.classifier import FewShotClassifier
-    from edgessl.edge_runtime.fewshot.gallery import Gallery, validate_label
+    from edgessl.edge_runtime.fewshot.gallery import Gallery
+    from edgessl.edge_runtime.fewshot.labels import validate_label
     from edgessl.edge_runtime.inference.preprocess import read_image
     from edgessl.edge_runtime.inference.sources import expand
     from edgessl.errors import ImageError

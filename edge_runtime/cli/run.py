@@ -38,7 +38,8 @@ def _camera(text: str, index: int) -> dict[str, Any]:
 
 
 def build_config(args: argparse.Namespace) -> Any:
-    from edgessl.edge_runtime.daemon.config import ConfigError, DaemonConfig, load_config
+    from edgessl.edge_runtime.daemon.config import ConfigError, DaemonConfig
+    from edgessl.edge_runtime.daemon.config_file import load_config
 
     config_file = args.config
     if config_file is None and args.root is not None and (args.root / "edge.yaml").is_file():

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import signal
 import threading
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import cv2
 
 from edgessl.edge_runtime.daemon.background import BackgroundStore
+from edgessl.edge_runtime.daemon.capture import Opener, open_capture
 from edgessl.edge_runtime.daemon.config import DaemonConfig
 from edgessl.edge_runtime.daemon.enrollment import Enrollment
 from edgessl.edge_runtime.daemon.errors import Conflict, DaemonError
@@ -36,7 +36,7 @@ from edgessl.edge_runtime.daemon.pipeline import Batch, Pipeline
 from edgessl.edge_runtime.daemon.sinks import Event, Sink, SinkRunner, first_sink, start_sinks
 from edgessl.edge_runtime.daemon.sinks.mqtt import MqttSink
 from edgessl.edge_runtime.daemon.storage import Storage
-from edgessl.edge_runtime.daemon.streams import CameraStream, Opener, State, open_capture
+from edgessl.edge_runtime.daemon.streams import CameraStream, State
 from edgessl.edge_runtime.daemon.systemd import sd_notify, watchdog_interval
 from edgessl.edge_runtime.daemon.work import Slots, WorkPool
 from edgessl.edge_runtime.fewshot.classifier import FewShotClassifier
@@ -370,6 +370,7 @@ class Daemon:
         import uvicorn
 
         from edgessl.edge_runtime.daemon.http.app import create_app
+        from edgessl.edge_runtime.daemon.http.token import resolve_token
 
         self.api_token = resolve_token(self.config)
         api = self.config.api
@@ -388,25 +389,3 @@ class Daemon:
         log.info("API listening on %s (token: %s)", self.api_url,
                  api.token_file or ("$EDGESSL_API_TOKEN" if os.environ.get("EDGESSL_API_TOKEN")
                                     else self.config.state_dir / "api-token"))
-
-
-def resolve_token(config: DaemonConfig) -> str:
-    """The API token: api.token_file, else $EDGESSL_API_TOKEN, else state_dir/api-token (created, mode 0600)."""
-    api = config.api
-    if api.token_file is not None:
-        try:
-            token = api.token_file.read_text().strip()
-        except OSError as exc:
-            raise DaemonError(f"{api.token_file}: cannot read the API token: {exc.strerror or exc}") from exc
-        if len(token) < 16:
-            raise DaemonError(f"{api.token_file}: the API token must have at least 16 characters")
-        return token
-    if os.environ.get("EDGESSL_API_TOKEN"):
-        return os.environ["EDGESSL_API_TOKEN"].strip()
-    path = config.state_dir / "api-token"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(24) + "\n")
-        log.info("generated an API token in %s", path)
-    return path.read_text().strip()

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from edgessl.edge_runtime.fewshot.gallery import UNKNOWN
+from edgessl.edge_runtime.fewshot.labels import UNKNOWN
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgessl.edge_runtime.fewshot.calibration import MIN_EXEMPLARS, ClassThreshold, calibrate_thresholds
-from edgessl.edge_runtime.fewshot.gallery import UNKNOWN, Gallery, validate_label
+from edgessl.edge_runtime.fewshot.gallery import Gallery
 from edgessl.edge_runtime.fewshot.head import HEADS, Head, fit_head
+from edgessl.edge_runtime.fewshot.labels import UNKNOWN, validate_label
 from edgessl.edge_runtime.fewshot.prototypes import center_normalize
 from edgessl.edge_runtime.inference.extractor import FeatureExtractor
 from edgessl.errors import GalleryError

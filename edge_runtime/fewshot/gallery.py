@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,57 +18,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, Self
 
-import cv2
 import numpy as np
 
-from edgessl.edge_runtime.inference.preprocess import to_bgr
+from edgessl.edge_runtime.fewshot.crops import decode_crop, encode_crop
+from edgessl.edge_runtime.fewshot.gallery_schema import SCHEMA, SCHEMA_VERSION, STAGED
+from edgessl.edge_runtime.fewshot.labels import label_key, normalize_label
 from edgessl.errors import GalleryError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-UNKNOWN = "unknown"  # what the classifier answers below its threshold; not a valid label
-MAX_LABEL_CHARS = 64
-# Characters a label may not hold: they do not survive a URL path segment, even percent-encoded
-# (servers and proxies decode `%2F` to `/`; some clients turn `\\` into `/`).
-URL_UNSAFE = frozenset("/\\")
-# Unicode categories refused: controls, format characters (zero-width joiners and the like),
-# surrogates, private use, unassigned, line and paragraph separators.
-_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-JPEG_QUALITY = 95
 REEMBED_BATCH = 16  # exemplars per re-embedding transaction: a crash loses at most this many
 _F32 = np.dtype("<f4")  # embeddings on disk: the same bytes on every device
-
-_SCHEMA = """
-CREATE TABLE classes (
-    id          INTEGER PRIMARY KEY,
-    label       TEXT NOT NULL UNIQUE,
-    created_at  TEXT NOT NULL
-);
-CREATE TABLE exemplars (
-    id          INTEGER PRIMARY KEY,
-    class_id    INTEGER NOT NULL REFERENCES classes(id) ON DELETE CASCADE,
-    crop        BLOB NOT NULL,                 -- JPEG
-    embedding   BLOB NOT NULL,                 -- float32, little-endian
-    fingerprint TEXT NOT NULL,                 -- sha256 of the model file that made the embedding
-    negative    INTEGER NOT NULL DEFAULT 0 CHECK (negative IN (0, 1)),  -- 1: "this is not <label>"
-    created_at  TEXT NOT NULL
-);
-CREATE INDEX exemplars_class ON exemplars(class_id);
-CREATE INDEX exemplars_fingerprint ON exemplars(fingerprint);
-"""
-
-# Embeddings computed ahead of a model switch (the running model keeps the ones in
-# `exemplars`); moved over in one short transaction when the new model takes over. Added
-# without a schema version bump: older readers ignore the table.
-_STAGED = """
-CREATE TABLE IF NOT EXISTS staged_embeddings (
-    exemplar_id INTEGER PRIMARY KEY REFERENCES exemplars(id) ON DELETE CASCADE,
-    fingerprint TEXT NOT NULL,
-    embedding   BLOB NOT NULL
-)
-"""
-
 
 class GalleryStorageError(GalleryError):
     """The gallery cannot be written: its filesystem is full (`full`) or it is read-only."""
@@ -112,75 +71,8 @@ class ExemplarInfo:
     created_at: str
 
 
-def normalize_label(label: str) -> str:
-    """The canonical form of a label, or GalleryError saying what is valid.
-
-    NFC, trimmed, inner runs of white space made one space; 1-MAX_LABEL_CHARS characters, none
-    of them a control, format (zero-width), surrogate, private-use or unassigned character, nor
-    `/` or `\\` (a label is a URL path segment: DELETE /v1/classes/{label}); `unknown`
-    in any case or spacing is reserved."""
-    valid = (f"a label is 1-{MAX_LABEL_CHARS} printable characters, without {' '.join(sorted(URL_UNSAFE))}, "
-             f"and not {UNKNOWN!r}")
-    if not isinstance(label, str):
-        raise GalleryError(f"label {label!r} is not text; {valid}")
-    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in label):
-        raise GalleryError(f"label {label!r} contains a lone surrogate (not valid Unicode); {valid}")
-    if any(unicodedata.category(ch) == "Cc" for ch in label):
-        raise GalleryError(f"label {label!r} contains control characters; use printable characters only")
-    label = " ".join(unicodedata.normalize("NFC", label).split())
-    if not label:
-        raise GalleryError(f"the label is empty; {valid}")
-    if len(label) > MAX_LABEL_CHARS:
-        raise GalleryError(f"label {label[:20]!r}... has {len(label)} characters; at most {MAX_LABEL_CHARS} are allowed")
-    bad = sorted({ch for ch in label if unicodedata.category(ch) in _REFUSED_CATEGORIES or ch in URL_UNSAFE})
-    if bad:
-        raise GalleryError(f"label {label!r} contains {', '.join(repr(c) for c in bad)}; {valid}")
-    if set(label) <= {".", " "}:
-        raise GalleryError(f"label {label!r} is only dots (not a usable URL path segment); {valid}")
-    if "".join(label_key(label).split()) == UNKNOWN:
-        raise GalleryError(f"label {label!r} is reserved: {UNKNOWN!r} is what frames that match no class get; "
-                           f"choose another")
-    return label
-
-
-def label_key(label: str) -> str:
-    """What two labels must differ in to name different classes: NFC of the case-folded label."""
-    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", label).casefold())
-
-
-def validate_label(label: str) -> str:
-    """Return the normalised label (see `normalize_label`) or raise GalleryError."""
-    return normalize_label(label)
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def fit_crop(image: np.ndarray, max_side: int | None) -> np.ndarray:
-    """`image` scaled down (INTER_AREA) so that its longest side is at most `max_side`."""
-    h, w = image.shape[:2]
-    if max_side is None or max(h, w) <= max_side:
-        return image
-    scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
-def encode_crop(image: np.ndarray, max_side: int | None = None) -> bytes:
-    """JPEG of a crop, scaled down first so that its longest side is at most `max_side`."""
-    image = fit_crop(image, max_side)
-    ok, buf = cv2.imencode(".jpg", to_bgr(image), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise GalleryError(f"cannot JPEG-encode a crop of shape {image.shape}")
-    return buf.tobytes()
-
-
-def decode_crop(blob: bytes) -> np.ndarray:
-    image = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise GalleryError("a stored crop is not a decodable JPEG (gallery damaged)")
-    return image
 
 
 class Gallery:
@@ -255,14 +147,14 @@ class Gallery:
         with self._transaction():
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
-                for statement in _SCHEMA.split(";"):
+                for statement in SCHEMA.split(";"):
                     if statement.strip():
                         self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise GalleryError(f"{self.path}: gallery schema version {version}; this edgessl reads "
                                    f"version {SCHEMA_VERSION} (upgrade edgessl)")
-            self._db.execute(_STAGED)
+            self._db.execute(STAGED)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

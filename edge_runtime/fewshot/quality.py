@@ -14,7 +14,8 @@ threshold, and a recommendation a person can act on ("add 3 more shots from anot
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -198,3 +199,47 @@ def class_quality(labels: Sequence[str], embeddings: np.ndarray, center: np.ndar
                                 None if t is None else round(t.threshold, 4), None if t is None else t.calibrated,
                                 None if t is None else t.reason, recommendation(label, n, loo, margin, nearest)))
     return out
+
+
+@dataclass
+class StopRule:
+    """When a live enrollment `until="stable"` has enough: after each kept shot, `update` gets the
+    class's exemplar count and leave-one-out figures (accuracy, margin to the nearest other class)
+    and answers (code, reason) to stop, or None to go on.
+
+    - "stable": at least `min_total` exemplars, leave-one-out accuracy 1.0 and a margin of at
+      least `margin` (or no other class to be confused with);
+    - "no_gain": the figures (accuracy, then margin) did not improve by more than `eps` over the
+      last `patience` shots, once there are `min_total` exemplars."""
+
+    min_total: int = ENOUGH_SHOTS
+    margin: float = 0.1
+    patience: int = 3
+    eps: float = 1e-3
+    best: tuple[float, float] | None = None
+    since_best: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def update(self, total: int, loo: float | None, margin: float | None) -> tuple[str, str] | None:
+        self.history.append({"exemplars": total, "loo_accuracy": loo, "margin": margin})
+        if loo is not None:
+            figure = (loo, margin if margin is not None else 0.0)
+            if self.best is None or figure[0] > self.best[0] + self.eps or (
+                    figure[0] >= self.best[0] - self.eps and figure[1] > self.best[1] + self.eps):
+                self.best, self.since_best = figure, 0
+            else:
+                self.since_best += 1
+        if total < self.min_total or loo is None:
+            return None
+        if loo >= 1.0 and margin is None:
+            return "stable", (f"{total} exemplars, leave-one-out accuracy 100% and no other class to confuse "
+                              "it with")
+        if loo >= 1.0 and margin is not None and margin >= self.margin:
+            return "stable", (f"{total} exemplars, leave-one-out accuracy 100% with margin {margin:.2f} "
+                              f"≥ {self.margin:g} to the nearest class")
+        if self.since_best >= self.patience:
+            assert self.best is not None
+            return "no_gain", (f"the leave-one-out figures did not improve over the last {self.patience} shots "
+                               f"(best: accuracy {self.best[0]:.0%}, margin {self.best[1]:.2f}); "
+                               "more shots of the same view will not help: change the view or add negatives")
+        return None

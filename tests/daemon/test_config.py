@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from edgessl.cli import main
-from edgessl.edge_runtime.daemon.config import ConfigError, DaemonConfig, check_text, json_schema, load_config
+from edgessl.edge_runtime.daemon.config import ConfigError, DaemonConfig, json_schema
+from edgessl.edge_runtime.daemon.config_file import check_text, load_config
 from edgessl.edge_runtime.daemon.sinks import SINKS, sink_module
 
 GOOD = """\

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from daemon_helpers import BLUE, GREEN, RED, make_config, render_clip, wait_for
 
+from edgessl.edge_runtime.daemon.capture import probe
 from edgessl.edge_runtime.daemon.core import Daemon
-from edgessl.edge_runtime.daemon.enrollment import StopRule
-from edgessl.edge_runtime.daemon.streams import probe
+from edgessl.edge_runtime.fewshot.quality import StopRule
 
 TOKEN = "guided-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -10,7 +10,8 @@ from daemon_helpers import BLUE, GREEN, RED, textured
 from edgessl.edge_runtime.bundle.manifest import load_bundle
 from edgessl.edge_runtime.daemon.config import EnrollmentConfig
 from edgessl.edge_runtime.fewshot.classifier import VETOED, FewShotClassifier
-from edgessl.edge_runtime.fewshot.gallery import UNKNOWN, Gallery
+from edgessl.edge_runtime.fewshot.gallery import Gallery
+from edgessl.edge_runtime.fewshot.labels import UNKNOWN
 from edgessl.edge_runtime.fewshot.quality import check_shot, class_quality
 from edgessl.edge_runtime.inference.extractor import FeatureExtractor
 

@@ -19,7 +19,7 @@ import pytest
 from daemon_helpers import RED, Subscriber, make_config, textured, wait_for
 from pydantic import TypeAdapter, ValidationError
 
-from edgessl.edge_runtime.daemon.config import check_text
+from edgessl.edge_runtime.daemon.config_file import check_text
 from edgessl.edge_runtime.daemon.sinks import (
     SINKS,
     Event,

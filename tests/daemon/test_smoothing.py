@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgessl.edge_runtime.daemon.smoothing import Smoother
-from edgessl.edge_runtime.fewshot.gallery import UNKNOWN
+from edgessl.edge_runtime.fewshot.labels import UNKNOWN
 
 RED = {"red": 0.9, "blue": 0.1}
 BLUE = {"red": 0.1, "blue": 0.9}

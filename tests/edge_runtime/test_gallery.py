@@ -11,7 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from edgessl.edge_runtime.fewshot.gallery import SCHEMA_VERSION, Gallery, decode_crop, validate_label
+from edgessl.edge_runtime.fewshot.crops import decode_crop
+from edgessl.edge_runtime.fewshot.gallery import Gallery
+from edgessl.edge_runtime.fewshot.gallery_schema import SCHEMA_VERSION
+from edgessl.edge_runtime.fewshot.labels import validate_label
 from edgessl.errors import GalleryError
 
 CHILD = """

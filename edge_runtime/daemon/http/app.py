@@ -20,24 +20,29 @@ import asyncio
 import hmac
 import json
 import logging
-import math
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path as FsPath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgessl.edge_runtime.daemon.enrollment import checked_label
+from edgessl.edge_runtime.daemon.http.schemas import (
+    LABEL_SCHEMA,
+    BackgroundRequest,
+    EnrollRequest,
+    errors,
+    json_safe,
+)
 from edgessl.edge_runtime.daemon.http.uploads import BodyLimit, decode_scaled, image_size, receive_upload
 from edgessl.edge_runtime.daemon.metrics import CONTENT_TYPE
-from edgessl.edge_runtime.fewshot.gallery import MAX_LABEL_CHARS
+from edgessl.edge_runtime.fewshot.labels import MAX_LABEL_CHARS
 from edgessl.errors import EdgesslError
 
 if TYPE_CHECKING:
@@ -48,87 +53,6 @@ log = logging.getLogger(__name__)
 WEB = FsPath(__file__).resolve().parent / "web"
 JSON_BODY_LIMIT = 1 << 20
 MAX_ID = 2**63 - 1  # SQLite's largest integer
-LABEL_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_LABEL_CHARS,
-                "pattern": "^[^/\\\\\\u0000-\\u001f\\u007f-\\u009f]+$",
-                "description": f"1-{MAX_LABEL_CHARS} printable characters without / or \\ (NFC, trimmed; "
-                "case and spacing do not make a new class; 'unknown' is reserved)"}
-
-
-class ErrorBody(BaseModel):
-    """What every error answers."""
-
-    ok: bool = Field(False, description="always false")
-    detail: Any = Field(description="what went wrong and what to do (text), or the validation errors (list)")
-
-
-_WHY = {400: "bad request (malformed JSON, form or image)", 401: "missing or wrong API token",
-        403: "refused (e.g. uploads without a device root)", 404: "no such camera, region, class or exemplar",
-        405: "method not allowed", 409: "conflict (camera not streaming, install running)",
-        413: "body or image too large (bytes or decoded pixels)", 415: "unsupported content type",
-        422: "invalid input (validation; invalid label; nothing passed the quality gates)",
-        429: "too many live enrollments at once; see Retry-After",
-        503: "busy (see Retry-After) or storage read-only / unwritable",
-        507: "a filesystem the daemon writes to is full; the message says how to free space"}
-
-
-def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorBody, "description": _WHY[code]} for code in codes}
-
-
-def _json_safe(value: Any) -> Any:
-    """JSON-serialisable: non-finite floats as text, lone surrogates escaped."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, dict):
-        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-# -- requests -----------------------------------------------------------------------------------
-
-
-class EnrollRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    label: str = Field(min_length=1, max_length=MAX_LABEL_CHARS, description="the class to enroll the shots as",
-                       json_schema_extra={"pattern": LABEL_SCHEMA["pattern"]})
-    region: str | None = Field(None, max_length=200, description="region of the camera (default: its first region)")
-    frames: int | None = Field(None, ge=1, le=100, description="shots to keep (default: enrollment.frames)")
-    negative: bool = Field(False, description="enroll the shots as negative examples: 'this is not <label>'")
-    interval_s: float | None = Field(None, ge=0, le=60, allow_inf_nan=False, description="least time between shots")
-    timeout_s: float | None = Field(None, gt=0, le=600, allow_inf_nan=False,
-                                    description="give up collecting after this long")
-    until: Literal["count", "stable"] = Field(
-        "count", description="'count': keep `frames` shots; 'stable': keep shots until the class's leave-one-out "
-        "figures say it has enough (100% with a margin, or no gain over the last few shots) or `max_frames` "
-        "are kept; the answer's `stopped` and `stop_reason` say which")
-    max_frames: int | None = Field(None, ge=1, le=100, description="with until='stable': most shots to keep "
-                                   "(default: enrollment.max_frames)")
-
-    @field_validator("label")
-    @classmethod
-    def _label(cls, value: str) -> str:
-        from edgessl.edge_runtime.fewshot.gallery import normalize_label
-        from edgessl.errors import GalleryError
-
-        try:
-            return normalize_label(value)
-        except GalleryError as exc:
-            raise ValueError(str(exc)) from None  # a 422 saying what a valid label is
-
-
-class BackgroundRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    region: str | None = Field(None, max_length=200, description="region of the camera (default: its first region)")
-    frames: int | None = Field(None, ge=1, le=100, description="frames to sample (default: enrollment.background_frames)")
-    interval_s: float | None = Field(None, ge=0, le=60, allow_inf_nan=False, description="time between frames")
-    timeout_s: float | None = Field(None, gt=0, le=600, allow_inf_nan=False,
-                                    description="give up sampling after this long")
 
 
 def create_app(daemon: Daemon, token: str) -> Any:
@@ -152,7 +76,7 @@ def create_app(daemon: Daemon, token: str) -> Any:
         body: dict[str, Any] = {"ok": False, "detail": str(exc), **getattr(exc, "detail", {})}
         if getattr(exc, "result", None) is not None:  # the installer's InstallResult: its steps
             body["install"] = exc.result.to_dict()  # type: ignore[attr-defined]
-        return JSONResponse(_json_safe(body), status_code=status, headers=getattr(exc, "headers", None))
+        return JSONResponse(json_safe(body), status_code=status, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -160,11 +84,11 @@ def create_app(daemon: Daemon, token: str) -> Any:
         # which a JSON answer can hold (FastAPI's own handler would fail with a 500).
         found = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
                  for e in exc.errors()]
-        return JSONResponse(_json_safe({"ok": False, "detail": found}), status_code=422)
+        return JSONResponse(json_safe({"ok": False, "detail": found}), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(_json_safe({"ok": False, "detail": exc.detail}), status_code=exc.status_code,
+        return JSONResponse(json_safe({"ok": False, "detail": exc.detail}), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
     @app.exception_handler(OSError)
@@ -172,7 +96,7 @@ def create_app(daemon: Daemon, token: str) -> Any:
         typed = daemon.storage.translate(exc, f"{request.method} {request.url.path} failed")
         if typed is None:
             log.error("%s %s: %s", request.method, request.url.path, exc)
-            return JSONResponse(_json_safe({"ok": False, "detail": f"internal error: {exc}"}), status_code=500)
+            return JSONResponse(json_safe({"ok": False, "detail": f"internal error: {exc}"}), status_code=500)
         return await _edgessl_error(request, typed)
 
     # -- page and status --------------------------------------------------------------------
@@ -191,7 +115,7 @@ def create_app(daemon: Daemon, token: str) -> Any:
     @app.get("/v1/health", include_in_schema=False)
     async def health() -> JSONResponse:  # on the event loop: never waits for a thread
         report = daemon.health()
-        return JSONResponse(_json_safe(report), status_code=200 if report["status"] != "failed" else 503)
+        return JSONResponse(json_safe(report), status_code=200 if report["status"] != "failed" else 503)
 
     @app.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=PlainTextResponse,
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
@@ -204,7 +128,7 @@ def create_app(daemon: Daemon, token: str) -> Any:
 
     @app.get("/v1/state", summary="the current label of every camera region")
     async def state() -> list[dict[str, Any]]:
-        return _json_safe(daemon.pipeline.states())
+        return json_safe(daemon.pipeline.states())
 
     @app.get("/v1/cameras/{camera_id}/snapshot.jpg", summary="newest frame, with regions and labels drawn",
              response_class=Response,
@@ -216,7 +140,7 @@ def create_app(daemon: Daemon, token: str) -> Any:
         jpeg, states = daemon.snapshot_with_states(camera_id, annotate=annotate)
         return Response(jpeg, media_type="image/jpeg",
                         headers={"Cache-Control": "no-store",
-                                 "X-Region-States": json.dumps(_json_safe(states), ensure_ascii=True)})
+                                 "X-Region-States": json.dumps(json_safe(states), ensure_ascii=True)})
 
     @app.get("/v1/events", summary="server-sent events: label changes and model switches",
              response_class=StreamingResponse)
@@ -245,7 +169,7 @@ def create_app(daemon: Daemon, token: str) -> Any:
 
     @app.get("/v1/classes", summary="enrolled classes with their quality figures", responses=errors(503, 507))
     def classes() -> list[dict[str, Any]]:
-        return _json_safe(daemon.enrollment.class_report())
+        return json_safe(daemon.enrollment.class_report())
 
     @app.post("/v1/classes", status_code=201, dependencies=auth, summary="enroll a class from uploaded images",
               description=f"Limits: {api_cfg.max_image_upload_bytes} bytes in all, {api_cfg.max_image_pixels} "
@@ -324,7 +248,7 @@ def create_app(daemon: Daemon, token: str) -> Any:
               description="Within enrollment.undo_s seconds of its deletion; the crops are embedded again.",
               responses=errors(401, 404, 422, 503, 507))
     def restore_class(label: str = Path(min_length=1, max_length=4 * MAX_LABEL_CHARS)) -> dict[str, Any]:
-        return _json_safe(daemon.enrollment.restore(label))
+        return json_safe(daemon.enrollment.restore(label))
 
     @app.get("/v1/exemplars/{exemplar_id:int}.jpg", summary="the stored crop of an exemplar",
              response_class=Response,
@@ -347,7 +271,7 @@ def create_app(daemon: Daemon, token: str) -> Any:
               responses=errors(400, 401, 404, 409, 413, 422, 429, 503, 507))
     async def enroll_live(camera_id: str, body: EnrollRequest) -> dict[str, Any]:
         daemon.enrollment._find_stream(camera_id)  # 404 at once
-        return _json_safe(await daemon.live.run(
+        return json_safe(await daemon.live.run(
             camera_id, daemon.enrollment.enroll_live, camera_id, body.label, region=body.region,
             frames=body.frames, negative=body.negative, interval_s=body.interval_s, timeout_s=body.timeout_s,
             until=body.until, max_frames=body.max_frames))
@@ -360,7 +284,7 @@ def create_app(daemon: Daemon, token: str) -> Any:
               responses=errors(400, 401, 404, 409, 422, 429, 503, 507))
     async def background(camera_id: str, body: BackgroundRequest) -> dict[str, Any]:
         daemon.enrollment._find_stream(camera_id)  # 404 at once
-        return _json_safe(await daemon.live.run(
+        return json_safe(await daemon.live.run(
             camera_id, daemon.enrollment.capture_background, camera_id, region=body.region,
             frames=body.frames, interval_s=body.interval_s, timeout_s=body.timeout_s))
 
