@@ -71,8 +71,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="data loading processes (default: 0)")
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     p.add_argument("--device", help="auto, cpu, cuda (default: auto)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
-                   help="fp32, bf16 autocast (CPU/GPU), fp16 autocast + grad scaler (CUDA) (default: fp32)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="fp32, bf16 autocast (CPU/GPU), fp16 autocast + grad scaler (CUDA); auto: bf16 on a CPU "
+                        "with native bf16 (AVX512_BF16, AMX), else fp32 (default: auto)")
+    p.add_argument("--no-cache", dest="cache", action="store_false", default=None,
+                   help="decode images every epoch instead of once into a uint8 memory map ($EDGESSL_CACHE, "
+                        "default ~/.cache/edgessl)")
     p.add_argument("--accumulate", type=int, help="gradient accumulation micro-batches per step (default: 1)")
     p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=None,
                    help="under DDP, keep BatchNorm statistics per process")
@@ -84,7 +88,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue RUN/checkpoints/last.pt exactly")
 
 
+def _with_allocator() -> None:
+    """Re-execute this `edgessl pretrain` process with a caching allocator (tcmalloc, else
+    jemalloc) preloaded, or with glibc malloc tunables when neither is installed; see
+    `hardware.ALLOCATORS` for why. Only when the process was started as the command (never when
+    `main()` is called from Python, e.g. in tests), once (EDGESSL_ALLOCATOR_SET), and not when
+    EDGESSL_ALLOCATOR=system. EDGESSL_ALLOCATOR=tcmalloc|jemalloc|glibc picks one."""
+    import sys
+
+    from edgessl.train import hardware
+
+    if os.environ.get("EDGESSL_ALLOCATOR_SET") or sys.argv[1:2] != ["pretrain"]:
+        return
+    main_file = os.path.basename(sys.argv[0])
+    if main_file not in ("edgessl", "__main__.py"):
+        return
+    wanted = os.environ.get("EDGESSL_ALLOCATOR", "auto")
+    if wanted == "system":
+        return
+    env = dict(os.environ, EDGESSL_ALLOCATOR_SET="1")
+    for name in (["tcmalloc", "jemalloc"] if wanted == "auto" else [wanted] if wanted != "glibc" else []):
+        if name not in hardware.ALLOCATORS:
+            raise SystemExit(f"EDGESSL_ALLOCATOR={wanted!r}: valid are auto, tcmalloc, jemalloc, glibc, system")
+        lib = hardware.find_allocator(name)
+        if lib:
+            env["LD_PRELOAD"] = ":".join(x for x in (lib, os.environ.get("LD_PRELOAD", "")) if x)
+            if name == "jemalloc":  # keep freed pages instead of returning them after 10 s
+                env.setdefault("MALLOC_CONF", "dirty_decay_ms:-1,muzzy_decay_ms:-1")
+            break
+    else:
+        env["GLIBC_TUNABLES"] = ":".join(x for x in (os.environ.get("GLIBC_TUNABLES", ""),
+                                                     hardware.GLIBC_TUNABLES) if x)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "edgessl", *sys.argv[1:]], env)
+
+
 def run(args: argparse.Namespace) -> int:
+    _with_allocator()
     from edgessl.train.pretrain import PretrainConfig, pretrain
 
     fields = PretrainConfig.model_fields
