@@ -52,19 +52,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone-opt", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                    help="backbone option, repeatable (e.g. small_stem=true, patch_size=4)")
     p.add_argument("--image-size", type=int, default=32, help="training resolution (default: 32)")
-    p.add_argument("--batch-size", type=int, default=256,
-                   help="global images (or clips) per optimiser step, over all processes (default: 256)")
+    p.add_argument("--batch-size", type=int,
+                   help="global images (or clips) per optimiser step, over all processes (default: the method's, "
+                        "else 256)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=float, help="training length in epochs (default: 10)")
     length.add_argument("--minutes", type=float, help="wall-clock budget; the lr schedule is fitted to it")
     p.add_argument("--optimizer", choices=["lars", "sgd", "adamw"], help="(default: the method's)")
     p.add_argument("--lr", type=float, help="base learning rate per 256 images (default: the method's)")
     p.add_argument("--weight-decay", type=float, help="(default: the method's; never on norms and biases)")
-    p.add_argument("--warmup-fraction", type=float, help="share of steps with linear warmup (default: 0.05)")
+    p.add_argument("--warmup-fraction", type=float, help="share of steps (or of the time budget) with linear warmup "
+                   "(default: the method's, else 0.05)")
     p.add_argument("--temperature", type=float, help="loss temperature, for methods that have one")
     p.add_argument("--crop-min-scale", type=float,
-                   help="smallest random crop as a share of the image area (default: 0.2); raise it when the "
-                        "object of interest is small in the frame")
+                   help="smallest random crop as a share of the image area (default: the augmentation "
+                        "policy's, else the method's, else 0.2)")
     p.add_argument("--data-kind", choices=["auto", "images", "video", "shards"], help="(default: auto)")
     p.add_argument("--video-stride", type=int, help="use every n-th video frame (default: 1)")
     p.add_argument("--seed", type=int, default=0)

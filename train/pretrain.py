@@ -53,13 +53,14 @@ class PretrainConfig(BaseModel):
     method: str = Field("simclr", description="SSL method")
     backbone: str = Field("resnet_tiny", description="backbone architecture")
     image_size: int = Field(32, ge=8, description="training resolution (square)")
-    batch_size: int = Field(256, ge=2, description="global batch per optimiser step (all processes)")
+    batch_size: int | None = Field(None, ge=2, description="global batch per optimiser step (all processes); "
+                                   "default: the method's, else 256")
     epochs: float | None = Field(None, gt=0, description="length in epochs (default 10 unless --minutes)")
     minutes: float | None = Field(None, gt=0, description="wall-clock budget; the schedule is fitted to it")
     optimizer: Literal["lars", "sgd", "adamw"] | None = Field(None, description="default: the method's")
     lr: float | None = Field(None, gt=0, description="base lr per 256 images (default: the method's)")
     weight_decay: float | None = Field(None, ge=0, description="default: the method's")
-    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    warmup_fraction: float | None = Field(None, ge=0, lt=1, description="default: the method's, else 0.05")
     temperature: float | None = Field(None, gt=0, description="loss temperature, for methods that have one")
     method_options: dict[str, Option] = Field(default_factory=dict, description="method keyword options")
     backbone_options: dict[str, Option] = Field(default_factory=dict, description="backbone keyword options")
@@ -77,7 +78,8 @@ class PretrainConfig(BaseModel):
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     checkpoint_minutes: float | None = Field(None, gt=0, description="also checkpoint after this many minutes")
     keep_checkpoints: int = Field(3, ge=0, description="numbered step checkpoints kept besides last.pt")
-    crop_min_scale: float = Field(0.2, gt=0, le=1, description="smallest random crop, as a share of the image area")
+    crop_min_scale: float | None = Field(None, gt=0, le=1, description="smallest random crop, as a share of the "
+                                         "image area; default: the augmentation policy's, else the method's, else 0.2")
     center_images: int = Field(2000, ge=1, description="images used for the centring vector")
     tensorboard: bool = Field(True, description="write TensorBoard scalars to RUN/tensorboard")
 
@@ -88,11 +90,11 @@ class PretrainConfig(BaseModel):
         return self
 
     def views(self) -> ViewConfig:
-        return ViewConfig(size=self.image_size, scale=(self.crop_min_scale, 1.0))
+        return ViewConfig(size=self.image_size, scale=(self.crop_min_scale or 0.2, 1.0))
 
     @property
     def base_lr(self) -> float:
-        return (self.lr or DEFAULT_LR[self.optimizer or "lars"]) * self.batch_size / 256
+        return (self.lr or DEFAULT_LR[self.optimizer or "lars"]) * (self.batch_size or 256) / 256
 
 
 def resolve_config(cfg: PretrainConfig) -> PretrainConfig:
@@ -106,6 +108,10 @@ def resolve_config(cfg: PretrainConfig) -> PretrainConfig:
     update["lr"] = cfg.lr or (d["lr"] if same and "lr" in d else DEFAULT_LR[optimizer])
     if cfg.weight_decay is None:
         update["weight_decay"] = d["weight_decay"] if same and "weight_decay" in d else DEFAULT_WEIGHT_DECAY
+    # The rest of the method's recipe (train/methods/<name>.py `defaults`), unless the run sets it.
+    for key, fallback in (("batch_size", 256), ("warmup_fraction", 0.05), ("crop_min_scale", 0.2)):
+        if getattr(cfg, key) is None:
+            update[key] = d.get(key, fallback)
     if cfg.precision == "auto":
         # Emulated bf16 (AVX2, plain AVX-512) is slower than fp32; native bf16 measured faster (docs/benchmarks.md).
         on_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
@@ -188,6 +194,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
 
 
 def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.DistInfo) -> Path:
+    assert cfg.batch_size is not None and cfg.warmup_fraction is not None  # resolve_config filled them
     out = Path(cfg.out)
     ckpt_path = out / "checkpoints" / "last.pt"
     main = info.is_main
@@ -444,6 +451,11 @@ def _epoch_batches(dataset: Dataset | TarShards, cfg: PretrainConfig, epoch: int
     else:
         sampler = EpochSampler(len(dataset), cfg.seed, epoch, offset * cfg.batch_size,  # type: ignore[arg-type]
                                cfg.batch_size, info.rank, info.world)
+        if isinstance(dataset, CachedImages):  # decoded already: one gather per batch, no loader
+            order = list(sampler)
+            for b in range(min(len(order) // per_rank, steps - offset)):
+                yield dataset.get_batch(order[b * per_rank:(b + 1) * per_rank]), []
+            return
         loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=True,
                             num_workers=cfg.workers, collate_fn=collate)
         skip = 0
