@@ -67,6 +67,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-min-scale", type=float,
                    help="smallest random crop as a share of the image area (default: the augmentation "
                         "policy's, else the method's, else 0.2)")
+    p.add_argument("--augment", choices=["auto", "natural", "grey", "document", "thermal"],
+                   help="augmentation policy; auto looks at a sample of the data: grey data gets no colour "
+                        "jitter, near-binary drawings/documents and low-contrast thermal-like images get "
+                        "geometric augmentation, images smaller than --image-size larger crops (default: auto)")
+    p.add_argument("--augment-opt", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
+                   help="one augmentation setting over the policy, repeatable: jitter_p, brightness, contrast, "
+                        "saturation, hue, gray_p, flip_p, rotate (degrees), shear, min_scale")
     p.add_argument("--data-kind", choices=["auto", "images", "video", "shards"], help="(default: auto)")
     p.add_argument("--video-stride", type=int, help="use every n-th video frame (default: 1)")
     p.add_argument("--seed", type=int, default=0)
@@ -134,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     values["method_options"] = dict(args.method_opt)
     values["backbone_options"] = dict(args.backbone_opt)
+    values["augment_options"] = dict(args.augment_opt)
     cfg = PretrainConfig(**values)
     path = pretrain(cfg, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, only the first process reports

@@ -25,11 +25,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from edgessl.train import distributed as D
-from edgessl.train import hardware
+from edgessl.train import augment, hardware
 from edgessl.train.backbones import accepts_option, create_backbone
 from edgessl.train.checkpoint import load_checkpoint, save_checkpoint
 from edgessl.train.data import CachedImages, ImageFolder, TarShards, build_dataset, collate
-from edgessl.train.methods import Method, create_method, method_class
+from edgessl.train.methods import Method, create_method, method_class, method_options
 from edgessl.train.optim import create_optimizer, param_groups, warmup_cosine, warmup_cosine_progress
 from edgessl.train.rng import BatchGenerator
 from edgessl.train.views import ViewConfig, eval_transform
@@ -82,6 +82,12 @@ class PretrainConfig(BaseModel):
                                          "image area; default: the augmentation policy's, else the method's, else 0.2")
     center_images: int = Field(2000, ge=1, description="images used for the centring vector")
     tensorboard: bool = Field(True, description="write TensorBoard scalars to RUN/tensorboard")
+    augment: Literal["auto", "natural", "grey", "document", "thermal"] = Field(
+        "auto", description="augmentation policy; auto: picked from a sample of the data (train/augment.py)")
+    augment_options: dict[str, Option] = Field(
+        default_factory=dict, description="per-operation view settings over the policy (ViewConfig fields, "
+        "min_scale); after the run starts: the resolved policy")
+    augment_reason: str | None = Field(None, description="why the policy was chosen (filled in by the run)")
 
     @model_validator(mode="after")
     def _length(self) -> PretrainConfig:
@@ -90,7 +96,7 @@ class PretrainConfig(BaseModel):
         return self
 
     def views(self) -> ViewConfig:
-        return ViewConfig(size=self.image_size, scale=(self.crop_min_scale or 0.2, 1.0))
+        return augment.view_config(self.image_size, self.crop_min_scale or 0.2, self.augment_options)
 
     @property
     def base_lr(self) -> float:
@@ -109,7 +115,7 @@ def resolve_config(cfg: PretrainConfig) -> PretrainConfig:
     if cfg.weight_decay is None:
         update["weight_decay"] = d["weight_decay"] if same and "weight_decay" in d else DEFAULT_WEIGHT_DECAY
     # The rest of the method's recipe (train/methods/<name>.py `defaults`), unless the run sets it.
-    for key, fallback in (("batch_size", 256), ("warmup_fraction", 0.05), ("crop_min_scale", 0.2)):
+    for key, fallback in (("batch_size", 256), ("warmup_fraction", 0.05)):
         if getattr(cfg, key) is None:
             update[key] = d.get(key, fallback)
     if cfg.precision == "auto":
@@ -210,17 +216,33 @@ def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.D
                          f"= {info.world} x {cfg.accumulate}")
     per_rank = cfg.batch_size // info.world
 
-    # ---- model: backbone + method (views, head, loss); the method says what input it needs
-    backbone = create_backbone(cfg.backbone, **cfg.backbone_options)
-    views = cfg.views()
-    method = create_method(cfg.method, backbone, views, **method_kwargs(cfg))
-    method = method.to(device=device, memory_format=torch.channels_last)  # faster convolutions on CPU
-
     # ---- data: decoded and resized once per image; augmentation runs on whole batches
-    dataset = build_dataset(cfg.data, cfg.image_size, cfg.data_kind, clip_length=method.clip_length
-                            if method.input == "clips" else 1, video_stride=cfg.video_stride, seed=cfg.seed)
+    kwargs = method_kwargs(cfg)
+    clip_length = (int(kwargs.get("clip_length", method_options(cfg.method).get("clip_length", 1)))
+                   if method_class(cfg.method).input == "clips" else 1)
+    dataset = build_dataset(cfg.data, cfg.image_size, cfg.data_kind, clip_length=clip_length,
+                            video_stride=cfg.video_stride, seed=cfg.seed)
     if cfg.cache and isinstance(dataset, ImageFolder):
         dataset = CachedImages(dataset)
+
+    # ---- augmentation policy: fitted to a sample of the data unless --augment names one; the
+    # resolved operations are stored in config.json (a resume re-uses them as they are)
+    policy = augment.resolve(cfg.augment, dataset, cfg.image_size, dict(cfg.augment_options))
+    options = dict(policy.options)
+    if cfg.crop_min_scale is not None:  # the flag wins over the policy and the method
+        options["min_scale"] = cfg.crop_min_scale
+    options.setdefault("min_scale", method_class(cfg.method).defaults.get("crop_min_scale", 0.2))
+    cfg = cfg.model_copy(update={"augment": policy.name, "augment_options": options,
+                                 "augment_reason": policy.reason, "crop_min_scale": options["min_scale"]})
+    if main:
+        log.info("%s", policy.describe())
+        print(policy.describe(), flush=True)
+
+    # ---- model: backbone + method (views, head, loss)
+    backbone = create_backbone(cfg.backbone, **cfg.backbone_options)
+    views = cfg.views()
+    method = create_method(cfg.method, backbone, views, **kwargs)
+    method = method.to(device=device, memory_format=torch.channels_last)  # faster convolutions on CPU
     if isinstance(dataset, TarShards):
         steps_per_epoch = min(dataset.samples_per_rank(info.world)) // per_rank
     else:
