@@ -29,6 +29,9 @@ METHODS: dict[str, str] = {
     # contrastive
     "simclr": "edgessl.train.methods.simclr:SimCLR",
     "moco": "edgessl.train.methods.moco:MoCo",
+    # redundancy reduction (no negatives, no momentum encoder)
+    "vicreg": "edgessl.train.methods.vicreg:VICReg",
+    "barlow": "edgessl.train.methods.barlow:BarlowTwins",
     # self-distillation
     "byol": "edgessl.train.methods.byol:BYOL",
     "dino": "edgessl.train.methods.dino:DINO",
