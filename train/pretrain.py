@@ -24,8 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from edgessl.train import distributed as D
 from edgessl.train import augment, hardware
+from edgessl.train import distributed as D
 from edgessl.train.backbones import accepts_option, create_backbone
 from edgessl.train.checkpoint import load_checkpoint, save_checkpoint
 from edgessl.train.data import CachedImages, ImageFolder, TarShards, build_dataset, collate
@@ -97,6 +97,13 @@ class PretrainConfig(BaseModel):
 
     def views(self) -> ViewConfig:
         return augment.view_config(self.image_size, self.crop_min_scale or 0.2, self.augment_options)
+
+    @property
+    def global_batch(self) -> int:
+        """batch_size once resolve_config has filled it in from the method's recipe."""
+        if self.batch_size is None:
+            raise ValueError("batch_size is not resolved yet: call resolve_config first")
+        return self.batch_size
 
     @property
     def base_lr(self) -> float:
@@ -200,7 +207,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
 
 
 def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.DistInfo) -> Path:
-    assert cfg.batch_size is not None and cfg.warmup_fraction is not None  # resolve_config filled them
     out = Path(cfg.out)
     ckpt_path = out / "checkpoints" / "last.pt"
     main = info.is_main
@@ -211,10 +217,10 @@ def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.D
     torch.manual_seed(cfg.seed)
 
     # ---- batch geometry: global batch = processes x accumulation x micro-batch
-    if cfg.batch_size % (info.world * cfg.accumulate):
-        raise ValueError(f"batch size {cfg.batch_size} must be a multiple of processes x accumulation "
+    if cfg.global_batch % (info.world * cfg.accumulate):
+        raise ValueError(f"batch size {cfg.global_batch} must be a multiple of processes x accumulation "
                          f"= {info.world} x {cfg.accumulate}")
-    per_rank = cfg.batch_size // info.world
+    per_rank = cfg.global_batch // info.world
 
     # ---- data: decoded and resized once per image; augmentation runs on whole batches
     kwargs = method_kwargs(cfg)
@@ -246,9 +252,9 @@ def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.D
     if isinstance(dataset, TarShards):
         steps_per_epoch = min(dataset.samples_per_rank(info.world)) // per_rank
     else:
-        steps_per_epoch = len(dataset) // cfg.batch_size
+        steps_per_epoch = len(dataset) // cfg.global_batch
     if steps_per_epoch == 0:
-        raise ValueError(f"{cfg.data}: {len(dataset)} samples, fewer than one batch of {cfg.batch_size}")
+        raise ValueError(f"{cfg.data}: {len(dataset)} samples, fewer than one batch of {cfg.global_batch}")
 
     # ---- efficiency figures: FLOPs per sample (counted), the CPU's nominal peak, the allocator
     flops_per_sample = _flops_per_sample(method, dataset, cfg, device)
@@ -307,13 +313,13 @@ def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.D
     schedule_s = cfg.minutes * 60 * 0.97 if cfg.minutes is not None else 0.0  # 3%: centring + saving
     if not time_budget:
         total_steps = total_steps or max(1, round((cfg.epochs or 10) * steps_per_epoch))
-    warmup = round(cfg.warmup_fraction * (total_steps or 0))
+    warmup = round((cfg.warmup_fraction or 0.0) * (total_steps or 0))
     start = _clock() - elapsed_before
     progress = (elapsed_before / schedule_s) if time_budget else step / (total_steps or 1)
     estimate = total_steps  # time budget: the bar's total, estimated at step 5, settled at step 20
     log.info("%d samples, %s steps of %d (%d processes x %d accumulation), %s lr %.3g, wd %.2g, %s",
              len(dataset), f"{total_steps}" if total_steps else f"{cfg.minutes:g} minutes of",
-             cfg.batch_size, info.world, cfg.accumulate, cfg.optimizer, cfg.base_lr, cfg.weight_decay,
+             cfg.global_batch, info.world, cfg.accumulate, cfg.optimizer, cfg.base_lr, cfg.weight_decay,
              cfg.precision)
     if main:
         (out / "run_info.json").write_text(json.dumps(run_info, indent=2) + "\n")
@@ -340,7 +346,7 @@ def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.D
                 if len(images) < 2:
                     continue
                 if time_budget:
-                    lr = cfg.base_lr * warmup_cosine_progress(progress, cfg.warmup_fraction)
+                    lr = cfg.base_lr * warmup_cosine_progress(progress, cfg.warmup_fraction or 0.0)
                 else:
                     assert total_steps is not None
                     lr = cfg.base_lr * warmup_cosine(step, total_steps, warmup)
@@ -471,8 +477,8 @@ def _epoch_batches(dataset: Dataset | TarShards, cfg: PretrainConfig, epoch: int
         loader = DataLoader(dataset, batch_size=per_rank, num_workers=cfg.workers, collate_fn=collate)
         skip = offset  # a stream cannot seek: exact resume re-reads (without training on) the first batches
     else:
-        sampler = EpochSampler(len(dataset), cfg.seed, epoch, offset * cfg.batch_size,  # type: ignore[arg-type]
-                               cfg.batch_size, info.rank, info.world)
+        sampler = EpochSampler(len(dataset), cfg.seed, epoch, offset * cfg.global_batch,  # type: ignore[arg-type]
+                               cfg.global_batch, info.rank, info.world)
         if isinstance(dataset, CachedImages):  # decoded already: one gather per batch, no loader
             order = list(sampler)
             for b in range(min(len(order) // per_rank, steps - offset)):
@@ -504,7 +510,7 @@ def _flops_per_sample(method: Method, dataset: Dataset | TarShards, cfg: Pretrai
 
     state = copy.deepcopy(method.state_dict())
     rng_state = torch.get_rng_state()
-    n = min(8, len(dataset)) if not isinstance(dataset, TarShards) else 8
+    n = min(8, len(dataset)) if not isinstance(dataset, TarShards) else 8  # type: ignore[arg-type]
     images = next(iter(DataLoader(dataset, batch_size=n, collate_fn=collate)))[0].to(device)
     try:
         with FlopCounterMode(display=False) as counter:
