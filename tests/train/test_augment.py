@@ -38,7 +38,14 @@ def test_measured_statistics_pick_the_policy(kind, policy):
 
 def test_grey_policy_has_no_colour_jitter_and_tiny_images_get_larger_crops():
     grey = A.POLICIES["grey"]
-    assert grey["saturation"] == grey["hue"] == grey["gray_p"] == 0 and grey["rotate"] > 0
+    assert grey["saturation"] == grey["hue"] == grey["gray_p"] == 0
+    # Views of grey images stay grey (channels equal once un-normalised), and still differ from each other.
+    cfg = A.view_config(32, 0.2, grey)
+    v1, v2 = ViewGenerator(cfg)(batch("grey", n=4), torch.Generator().manual_seed(1))
+    mean, std = torch.tensor(cfg.mean).view(1, 3, 1, 1), torch.tensor(cfg.std).view(1, 3, 1, 1)
+    raw = v1 * std + mean
+    assert torch.allclose(raw[:, 0], raw[:, 1], atol=1e-5) and torch.allclose(raw[:, 1], raw[:, 2], atol=1e-5)
+    assert not torch.allclose(v1, v2, atol=1e-2)
     tiny = A.choose(A.measure(batch("colour"), short_sides=[16] * 10), image_size=32)
     assert tiny.name == "natural" and tiny.options["min_scale"] == A.TINY_MIN_SCALE and "tiny" in tiny.reason
     same = A.choose(A.measure(batch("colour"), short_sides=[32] * 10), image_size=32)
