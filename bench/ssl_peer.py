@@ -214,8 +214,8 @@ def main() -> None:
     body = (
         f"## edgessl against lightly (SimCLR, {args.minutes:g} min each)\n\n"
         f"Same `resnet_tiny`, same data (CIFAR-10 `train/`, labels ignored), batch {args.batch_size}, "
-        f"{args.minutes:g} minutes of training each, one after the other on this machine. lightly "
-        f"{stats['torch']}+lightly 1.6.0 as in its CIFAR-10 example ({args.peer_workers} loader workers); edgessl "
+        f"{args.minutes:g} minutes of training each, one after the other on this machine. lightly 1.6.0 "
+        f"(torch {stats['torch']}) as in its CIFAR-10 example ({args.peer_workers} loader workers); edgessl "
         f"with its defaults ({a['precision']}, allocator {a['allocator']}"
         f"{', ' + args.edgessl_args if args.edgessl_args else ''}). 5-way 5-shot: supports from `train/`, "
         f"queries from `test/`, {args.episodes} episodes; k-NN: k=200, T=0.1, all of `train/` -> `test/`; "
