@@ -155,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         out: Path = args.report
         out.mkdir(parents=True, exist_ok=True)
         written = [report.loss_curve(ev.run_dir, out / "loss.png"),
+                   report.view_grid(ev.ckpt, out / "augmented_views.png"),
                    report.projection(test.features, test.labels, test.class_names, out / "embedding_pca.png")]
         if args.kind == "knn" and not args.random_weights:
             points = E.knn_over_checkpoints(ev.run_dir, args.train, args.test, k=args.k,

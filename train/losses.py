@@ -142,3 +142,36 @@ def cpc_infonce(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     logits = (pred @ tgt).reshape(s * k * n, n)  # rows: (s, k, query clip), columns: candidate clip
     labels = torch.arange(n, device=predictions.device).repeat(s * k)
     return F.cross_entropy(logits, labels)
+
+
+def _off_diagonal(m: torch.Tensor) -> torch.Tensor:
+    return m - torch.diag_embed(torch.diagonal(m))
+
+
+def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
+                cov_weight: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+    """VICReg (Bardes et al. 2022): invariance (MSE between the views' embeddings), variance (a hinge
+    keeping each dimension's batch std above 1, against collapse) and covariance (off-diagonal
+    covariances pushed to 0, against redundant dimensions), as in the paper's code."""
+    z1, z2 = z1.float(), z2.float()
+    n, d = z1.shape
+    invariance = F.mse_loss(z1, z2)
+    z1c, z2c = z1 - z1.mean(0), z2 - z2.mean(0)
+    variance = (F.relu(1 - torch.sqrt(z1c.var(0) + eps)).mean() + F.relu(1 - torch.sqrt(z2c.var(0) + eps)).mean()) / 2
+    cov1, cov2 = z1c.T @ z1c / (n - 1), z2c.T @ z2c / (n - 1)
+    covariance = _off_diagonal(cov1).pow(2).sum() / d + _off_diagonal(cov2).pow(2).sum() / d
+    return sim_weight * invariance + var_weight * variance + cov_weight * covariance
+
+
+def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambda_offdiag: float = 5e-3) -> torch.Tensor:
+    """Barlow Twins (Zbontar et al. 2021): the cross-correlation matrix of the two views' embeddings,
+    each standardised over the batch, is pushed to the identity: diagonal to 1 (invariance),
+    off-diagonal to 0 (redundancy reduction), weighted by `lambda_offdiag`."""
+    z1, z2 = z1.float(), z2.float()
+    n = z1.shape[0]
+    a = (z1 - z1.mean(0)) / z1.std(0, unbiased=False).clamp_min(1e-6)
+    b = (z2 - z2.mean(0)) / z2.std(0, unbiased=False).clamp_min(1e-6)
+    c = a.T @ b / n
+    on = (torch.diagonal(c) - 1).pow(2).sum()
+    off = _off_diagonal(c).pow(2).sum()
+    return on + lambda_offdiag * off

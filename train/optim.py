@@ -62,3 +62,16 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def warmup_cosine_progress(progress: float, warmup_fraction: float) -> float:
+    """The same shape as `warmup_cosine`, on training progress in [0, 1] instead of a step count.
+
+    With a time budget, progress is the share of the budget already spent. Elapsed time only
+    grows, so after warmup the multiplier can only fall, and it moves by at most
+    pi/2 x (one step's share of the budget) per step whatever the machine's speed does: no
+    re-estimated step count, hence no jumps when a shared machine slows down or speeds up."""
+    p = min(1.0, max(0.0, progress))
+    if warmup_fraction > 0 and p < warmup_fraction:
+        return max(p / warmup_fraction, 1e-3)  # the very first step still moves (as (step+1)/warmup does)
+    return 0.5 * (1 + math.cos(math.pi * (p - warmup_fraction) / max(1e-12, 1 - warmup_fraction)))

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -23,16 +24,20 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from edgessl.train import augment, hardware
 from edgessl.train import distributed as D
 from edgessl.train.backbones import accepts_option, create_backbone
 from edgessl.train.checkpoint import load_checkpoint, save_checkpoint
-from edgessl.train.data import TarShards, build_dataset, collate
-from edgessl.train.methods import Method, create_method, method_class
-from edgessl.train.optim import create_optimizer, param_groups, warmup_cosine
+from edgessl.train.data import CachedImages, ImageFolder, TarShards, build_dataset, collate
+from edgessl.train.methods import Method, create_method, method_class, method_options
+from edgessl.train.optim import create_optimizer, param_groups, warmup_cosine, warmup_cosine_progress
 from edgessl.train.rng import BatchGenerator
 from edgessl.train.views import ViewConfig, eval_transform
 
 log = logging.getLogger(__name__)
+
+# The loop's clock: a module attribute so that tests can drive the time budget with a simulated one.
+_clock = time.monotonic
 
 DEFAULT_LR = {"lars": 1.0, "sgd": 0.3, "adamw": 1e-3}  # per 256 images, scaled linearly with batch
 DEFAULT_WEIGHT_DECAY = 1e-5
@@ -48,13 +53,14 @@ class PretrainConfig(BaseModel):
     method: str = Field("simclr", description="SSL method")
     backbone: str = Field("resnet_tiny", description="backbone architecture")
     image_size: int = Field(32, ge=8, description="training resolution (square)")
-    batch_size: int = Field(256, ge=2, description="global batch per optimiser step (all processes)")
+    batch_size: int | None = Field(None, ge=2, description="global batch per optimiser step (all processes); "
+                                   "default: the method's, else 256")
     epochs: float | None = Field(None, gt=0, description="length in epochs (default 10 unless --minutes)")
     minutes: float | None = Field(None, gt=0, description="wall-clock budget; the schedule is fitted to it")
     optimizer: Literal["lars", "sgd", "adamw"] | None = Field(None, description="default: the method's")
     lr: float | None = Field(None, gt=0, description="base lr per 256 images (default: the method's)")
     weight_decay: float | None = Field(None, ge=0, description="default: the method's")
-    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    warmup_fraction: float | None = Field(None, ge=0, lt=1, description="default: the method's, else 0.05")
     temperature: float | None = Field(None, gt=0, description="loss temperature, for methods that have one")
     method_options: dict[str, Option] = Field(default_factory=dict, description="method keyword options")
     backbone_options: dict[str, Option] = Field(default_factory=dict, description="backbone keyword options")
@@ -64,15 +70,24 @@ class PretrainConfig(BaseModel):
     workers: int = Field(0, ge=0, description="data loading processes (0: in the training process)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: all cores)")
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:N")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16 autocast; fp16 + scaler on CUDA")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on a CPU with native bf16, else fp32; fp16 + scaler on CUDA")
+    cache: bool = Field(True, description="decode an image folder once into a uint8 memory map ($EDGESSL_CACHE)")
     accumulate: int = Field(1, ge=1, description="micro-batches per optimiser step")
     sync_bn: bool = Field(True, description="BatchNorm statistics over all processes under DDP")
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     checkpoint_minutes: float | None = Field(None, gt=0, description="also checkpoint after this many minutes")
     keep_checkpoints: int = Field(3, ge=0, description="numbered step checkpoints kept besides last.pt")
-    crop_min_scale: float = Field(0.2, gt=0, le=1, description="smallest random crop, as a share of the image area")
+    crop_min_scale: float | None = Field(None, gt=0, le=1, description="smallest random crop, as a share of the "
+                                         "image area; default: the augmentation policy's, else the method's, else 0.2")
     center_images: int = Field(2000, ge=1, description="images used for the centring vector")
     tensorboard: bool = Field(True, description="write TensorBoard scalars to RUN/tensorboard")
+    augment: Literal["auto", "natural", "grey", "document", "thermal"] = Field(
+        "auto", description="augmentation policy; auto: picked from a sample of the data (train/augment.py)")
+    augment_options: dict[str, Option] = Field(
+        default_factory=dict, description="per-operation view settings over the policy (ViewConfig fields, "
+        "min_scale); after the run starts: the resolved policy")
+    augment_reason: str | None = Field(None, description="why the policy was chosen (filled in by the run)")
 
     @model_validator(mode="after")
     def _length(self) -> PretrainConfig:
@@ -81,11 +96,18 @@ class PretrainConfig(BaseModel):
         return self
 
     def views(self) -> ViewConfig:
-        return ViewConfig(size=self.image_size, scale=(self.crop_min_scale, 1.0))
+        return augment.view_config(self.image_size, self.crop_min_scale or 0.2, self.augment_options)
+
+    @property
+    def global_batch(self) -> int:
+        """batch_size once resolve_config has filled it in from the method's recipe."""
+        if self.batch_size is None:
+            raise ValueError("batch_size is not resolved yet: call resolve_config first")
+        return self.batch_size
 
     @property
     def base_lr(self) -> float:
-        return (self.lr or DEFAULT_LR[self.optimizer or "lars"]) * self.batch_size / 256
+        return (self.lr or DEFAULT_LR[self.optimizer or "lars"]) * (self.batch_size or 256) / 256
 
 
 def resolve_config(cfg: PretrainConfig) -> PretrainConfig:
@@ -99,6 +121,14 @@ def resolve_config(cfg: PretrainConfig) -> PretrainConfig:
     update["lr"] = cfg.lr or (d["lr"] if same and "lr" in d else DEFAULT_LR[optimizer])
     if cfg.weight_decay is None:
         update["weight_decay"] = d["weight_decay"] if same and "weight_decay" in d else DEFAULT_WEIGHT_DECAY
+    # The rest of the method's recipe (train/methods/<name>.py `defaults`), unless the run sets it.
+    for key, fallback in (("batch_size", 256), ("warmup_fraction", 0.05)):
+        if getattr(cfg, key) is None:
+            update[key] = d.get(key, fallback)
+    if cfg.precision == "auto":
+        # Emulated bf16 (AVX2, plain AVX-512) is slower than fp32; native bf16 measured faster (docs/benchmarks.md).
+        on_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+        update["precision"] = "bf16" if on_cpu and hardware.native_bf16() else "fp32"
     if accepts_option(cfg.backbone, "img_size") and "img_size" not in cfg.backbone_options:
         update["backbone_options"] = {**cfg.backbone_options, "img_size": cfg.image_size}
     return cfg.model_copy(update=update)
@@ -166,8 +196,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
     """Train, checkpointing to RUN/checkpoints/last.pt; returns that path. Under torchrun every
     process calls this; only process 0 writes files."""
-    import os
-
     owns_group = not D.dist.is_initialized()
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     info = D.init_distributed(device)
@@ -189,26 +217,57 @@ def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.D
     torch.manual_seed(cfg.seed)
 
     # ---- batch geometry: global batch = processes x accumulation x micro-batch
-    if cfg.batch_size % (info.world * cfg.accumulate):
-        raise ValueError(f"batch size {cfg.batch_size} must be a multiple of processes x accumulation "
+    if cfg.global_batch % (info.world * cfg.accumulate):
+        raise ValueError(f"batch size {cfg.global_batch} must be a multiple of processes x accumulation "
                          f"= {info.world} x {cfg.accumulate}")
-    per_rank = cfg.batch_size // info.world
-
-    # ---- model: backbone + method (views, head, loss); the method says what input it needs
-    backbone = create_backbone(cfg.backbone, **cfg.backbone_options)
-    views = cfg.views()
-    method = create_method(cfg.method, backbone, views, **method_kwargs(cfg))
-    method = method.to(device=device, memory_format=torch.channels_last)  # faster convolutions on CPU
+    per_rank = cfg.global_batch // info.world
 
     # ---- data: decoded and resized once per image; augmentation runs on whole batches
-    dataset = build_dataset(cfg.data, cfg.image_size, cfg.data_kind, clip_length=method.clip_length
-                            if method.input == "clips" else 1, video_stride=cfg.video_stride, seed=cfg.seed)
+    kwargs = method_kwargs(cfg)
+    clip_length = (int(kwargs.get("clip_length", method_options(cfg.method).get("clip_length", 1)))
+                   if method_class(cfg.method).input == "clips" else 1)
+    dataset = build_dataset(cfg.data, cfg.image_size, cfg.data_kind, clip_length=clip_length,
+                            video_stride=cfg.video_stride, seed=cfg.seed)
+    if cfg.cache and isinstance(dataset, ImageFolder):
+        dataset = CachedImages(dataset)
+
+    # ---- augmentation policy: fitted to a sample of the data unless --augment names one; the
+    # resolved operations are stored in config.json (a resume re-uses them as they are)
+    policy = augment.resolve(cfg.augment, dataset, cfg.image_size, dict(cfg.augment_options))
+    options = dict(policy.options)
+    if cfg.crop_min_scale is not None:  # the flag wins over the policy and the method
+        options["min_scale"] = cfg.crop_min_scale
+    options.setdefault("min_scale", method_class(cfg.method).defaults.get("crop_min_scale", 0.2))
+    cfg = cfg.model_copy(update={"augment": policy.name, "augment_options": options,
+                                 "augment_reason": policy.reason, "crop_min_scale": options["min_scale"]})
+    if main:
+        log.info("%s", policy.describe())
+        print(policy.describe(), flush=True)
+
+    # ---- model: backbone + method (views, head, loss)
+    backbone = create_backbone(cfg.backbone, **cfg.backbone_options)
+    views = cfg.views()
+    method = create_method(cfg.method, backbone, views, **kwargs)
+    method = method.to(device=device, memory_format=torch.channels_last)  # faster convolutions on CPU
     if isinstance(dataset, TarShards):
         steps_per_epoch = min(dataset.samples_per_rank(info.world)) // per_rank
     else:
-        steps_per_epoch = len(dataset) // cfg.batch_size
+        steps_per_epoch = len(dataset) // cfg.global_batch
     if steps_per_epoch == 0:
-        raise ValueError(f"{cfg.data}: {len(dataset)} samples, fewer than one batch of {cfg.batch_size}")
+        raise ValueError(f"{cfg.data}: {len(dataset)} samples, fewer than one batch of {cfg.global_batch}")
+
+    # ---- efficiency figures: FLOPs per sample (counted), the CPU's nominal peak, the allocator
+    flops_per_sample = _flops_per_sample(method, dataset, cfg, device)
+    threads = torch.get_num_threads()
+    peak = (hardware.peak_gflops(min(threads, os.cpu_count() or threads), bf16=cfg.precision == "bf16")
+            if device.type == "cpu" else 0.0)
+    run_info: dict[str, Any] = {
+        "cpu": hardware.describe(), "allocator": hardware.loaded_allocator(), "threads": threads,
+        "precision": cfg.precision, "gflop_per_sample_step": round(flops_per_sample / 1e9, 4),
+        "peak_gflops": round(peak, 1) if peak else None, "torch": torch.__version__}
+    log.info("allocator %s, %s, %d threads, %.3f GFLOP per sample and step, nominal peak %s GFLOP/s (%s)",
+             run_info["allocator"], run_info["cpu"], threads, flops_per_sample / 1e9,
+             f"{peak:.0f}" if peak else "n/a", cfg.precision)
 
     # ---- distributed: BatchNorm over the global batch, DDP averages gradients
     if info.enabled and cfg.sync_bn:
@@ -247,31 +306,36 @@ def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.D
         (out / "checkpoints").mkdir(exist_ok=True)
         (out / "checkpoints" / "config.json").write_text(text)  # next to every checkpoint
 
-    # ---- schedule length: from epochs, or fitted to the time budget by timing a few steps
-    start = time.monotonic() - elapsed_before
-    if total_steps is None:
-        if cfg.epochs is not None:
-            total_steps = max(1, round(cfg.epochs * steps_per_epoch))
-        else:
-            total_steps = int(_sync(torch.tensor([float(_fit_steps(method, dataset, cfg, per_rank, device))]),
-                                    info, device)[0])
-    warmup = round(cfg.warmup_fraction * total_steps)
-    log.info("%d samples, %d steps of %d (%d processes x %d accumulation), %.1f epochs, %s lr %.3g, wd %.2g",
-             len(dataset), total_steps, cfg.batch_size, info.world, cfg.accumulate,
-             total_steps / steps_per_epoch, cfg.optimizer, cfg.base_lr, cfg.weight_decay)
+    # ---- schedule: warmup + cosine over steps (epochs), or over the share of the time budget spent
+    # (minutes). Elapsed time only grows, so a time-budget lr never jumps back up or falls off a
+    # cliff when a shared machine changes speed; the step count is only an estimate, for the bar.
+    time_budget = cfg.minutes is not None
+    schedule_s = cfg.minutes * 60 * 0.97 if cfg.minutes is not None else 0.0  # 3%: centring + saving
+    if not time_budget:
+        total_steps = total_steps or max(1, round((cfg.epochs or 10) * steps_per_epoch))
+    warmup = round((cfg.warmup_fraction or 0.0) * (total_steps or 0))
+    start = _clock() - elapsed_before
+    progress = (elapsed_before / schedule_s) if time_budget else step / (total_steps or 1)
+    estimate = total_steps  # time budget: the bar's total, estimated at step 5, settled at step 20
+    log.info("%d samples, %s steps of %d (%d processes x %d accumulation), %s lr %.3g, wd %.2g, %s",
+             len(dataset), f"{total_steps}" if total_steps else f"{cfg.minutes:g} minutes of",
+             cfg.global_batch, info.world, cfg.accumulate, cfg.optimizer, cfg.base_lr, cfg.weight_decay,
+             cfg.precision)
+    if main:
+        (out / "run_info.json").write_text(json.dumps(run_info, indent=2) + "\n")
 
     # ---- train
     method.train()
     bad_files: set[str] = set()
     writer = _tensorboard(out) if cfg.tensorboard and main else None
-    # With a time budget, the schedule is fitted again from step 31 on, on the measured pace.
-    refit = cfg.minutes is not None and step == 0
-    t_fit = t_prev = last_save = time.monotonic()
+    t_prev = last_save = _clock()
+    t_first: float | None = None
+    smooth_rate = 0.0
     bar = tqdm(total=total_steps, initial=step, desc=f"pretrain {cfg.method}", unit="step", dynamic_ncols=True,
                disable=not main)
     log_file = open(out / "log.jsonl", "a") if main else None  # noqa: SIM115
     try:
-        while step < total_steps:
+        while (progress < 1) if time_budget else (step < (total_steps or 0)):
             epoch, offset = divmod(step, steps_per_epoch)
             for images, bad in _epoch_batches(dataset, cfg, epoch, offset, steps_per_epoch, per_rank, info):
                 if bad:
@@ -281,7 +345,11 @@ def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.D
                         log.warning("skipping unreadable image %s", path)
                 if len(images) < 2:
                     continue
-                lr = cfg.base_lr * warmup_cosine(step, total_steps, warmup)
+                if time_budget:
+                    lr = cfg.base_lr * warmup_cosine_progress(progress, cfg.warmup_fraction or 0.0)
+                else:
+                    assert total_steps is not None
+                    lr = cfg.base_lr * warmup_cosine(step, total_steps, warmup)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 images = images.to(device, non_blocking=True)
@@ -309,47 +377,52 @@ def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.D
                     scaler.update()
                 else:
                     optimizer.step()
-                method.on_step_end((step + 1) / total_steps)
                 step += 1
 
-                now = time.monotonic()
-                rate, t_prev = n_global / (now - t_prev), now  # data loading included
-                if refit and step == 1:
-                    t_fit = now
-                new_total = 0.0
-                if refit and step > 1 and (step == 31 or step % 50 == 0):
-                    # Shared machines change speed: fit the remaining schedule to the measured pace.
-                    per_step = (now - t_fit) / (step - 1)
-                    remaining = cfg.minutes * 60 * 0.97 - (now - start)  # type: ignore[operator]
-                    new_total = float(max(step + 1, step + int(remaining / per_step)))
-                out_of_time = cfg.minutes is not None and now - start > cfg.minutes * 60
+                now = _clock()
+                rate, t_prev = n_global / max(now - t_prev, 1e-9), now  # data loading included
+                smooth_rate = rate if step <= 2 else 0.9 * smooth_rate + 0.1 * rate
+                time_progress = (now - start) / schedule_s if time_budget else 0.0
                 save_by_clock = cfg.checkpoint_minutes is not None and now - last_save > cfg.checkpoint_minutes * 60
-                # One collective: the global mean loss, and process 0's decisions for everyone.
-                stats = _sync(torch.stack([loss_value.cpu(), torch.tensor(float(out_of_time)),
-                                           torch.tensor(float(save_by_clock)), torch.tensor(new_total)]), info, device)
-                loss_mean = float(stats[0])
-                out_of_time, save_by_clock, new_total = bool(stats[1]), bool(stats[2]), float(stats[3])
+                # One collective: the global mean loss, and process 0's clock and decisions for everyone.
+                stats = _sync(torch.stack([loss_value.cpu(), torch.tensor(time_progress),
+                                           torch.tensor(float(save_by_clock))]), info, device)
+                loss_mean, save_by_clock = float(stats[0]), bool(stats[2])
+                progress = float(stats[1]) if time_budget else step / (total_steps or 1)
+                out_of_time = time_budget and progress >= 1
                 if not torch.isfinite(torch.tensor(loss_mean)):
                     raise FloatingPointError(f"loss became {loss_mean} at step {step}; lower --lr")
-                if new_total:
-                    total_steps = int(new_total)
-                    if step == 31:
-                        warmup = round(cfg.warmup_fraction * total_steps)
-                    bar.total = total_steps
+                method.on_step_end(min(1.0, progress))
 
+                if time_budget and step == 1:
+                    t_first = now  # the first step pays for warm-up (allocations, oneDNN kernels): not timed
+                if time_budget and t_first is not None and step in (5, 20):
+                    # The bar's total, from the pace so far: set twice, then left alone.
+                    per_step = (now - t_first) / (step - 1)
+                    estimate = step + max(0, round((schedule_s - (now - start)) / max(per_step, 1e-9)))
+                    bar.total = estimate
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_mean:.3f}", img_s=f"{rate:.0f}", lr=f"{lr:.3g}")
+                gflops = flops_per_sample * smooth_rate / 1e9
+                share = gflops / peak if peak else None
+                bar.set_postfix(loss=f"{loss_mean:.3f}", img_s=f"{smooth_rate:.0f}", lr=f"{lr:.3g}",
+                                gflops=f"{gflops:.0f}" + (f" ({100 * share:.0f}% of peak)" if share else ""))
                 record: dict[str, Any] = {"step": step, "epoch": epoch, "loss": loss_mean, "lr": lr,
-                                          "img_per_s": round(rate, 1), "elapsed_s": round(now - start, 1)}
-                checkpoint_now = (step % cfg.checkpoint_every == 0 or step >= total_steps or out_of_time
-                                  or save_by_clock)
+                                          "img_per_s": round(rate, 1), "gflops": round(flops_per_sample * rate / 1e9, 1),
+                                          "elapsed_s": round(now - start, 1)}
+                if share is not None:
+                    record["peak_share"] = round(flops_per_sample * rate / 1e9 / peak, 3)
+                if time_budget:
+                    record["progress"] = round(progress, 8)
+                    record["steps_estimate"] = estimate
+                checkpoint_now = (step % cfg.checkpoint_every == 0 or out_of_time or save_by_clock
+                                  or (not time_budget and step >= (total_steps or 0)))
                 if checkpoint_now and info.enabled:
                     record["ranks_identical"] = D.ranks_identical(method)
                     if not record["ranks_identical"]:
                         raise RuntimeError(f"processes hold different weights at step {step}: "
                                            "training is not deterministic across ranks")
                 if writer is not None:
-                    for k in ("loss", "lr", "img_per_s"):
+                    for k in ("loss", "lr", "img_per_s", "gflops"):
                         writer.add_scalar(f"train/{k}", record[k], step)
                 if log_file is not None:
                     log_file.write(json.dumps(record) + "\n")
@@ -358,11 +431,10 @@ def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.D
                     log_file.flush()
                     if writer is not None:
                         writer.flush()
-                    _save(ckpt_path, cfg, method, optimizer, scaler, step, total_steps, now - start)
+                    _save(ckpt_path, cfg, method, optimizer, scaler, step, estimate or step, now - start)
                     _keep_numbered(ckpt_path, step, cfg.keep_checkpoints)
                     last_save = now
-                if step >= total_steps or out_of_time:
-                    total_steps = step
+                if out_of_time or (not time_budget and step >= (total_steps or 0)):
                     break
     finally:
         bar.close()
@@ -370,15 +442,16 @@ def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.D
             log_file.close()
         if writer is not None:
             writer.close()
+    total_steps = step
     if bad_files:
         log.warning("%d unreadable images were skipped", len(bad_files))
 
     # ---- what export needs: the centring vector and a few real images
     if main:
         center, samples = _center_and_samples(method.backbone, dataset, cfg, device)
-        _save(ckpt_path, cfg, method, optimizer, scaler, step, total_steps, time.monotonic() - start,
+        _save(ckpt_path, cfg, method, optimizer, scaler, step, total_steps, _clock() - start,
               center, samples)
-        log.info("wrote %s (%d steps, %.1f min)", ckpt_path, step, (time.monotonic() - start) / 60)
+        log.info("wrote %s (%d steps, %.1f min)", ckpt_path, step, (_clock() - start) / 60)
     if info.enabled:
         D.dist.barrier()
     return ckpt_path
@@ -404,8 +477,13 @@ def _epoch_batches(dataset: Dataset | TarShards, cfg: PretrainConfig, epoch: int
         loader = DataLoader(dataset, batch_size=per_rank, num_workers=cfg.workers, collate_fn=collate)
         skip = offset  # a stream cannot seek: exact resume re-reads (without training on) the first batches
     else:
-        sampler = EpochSampler(len(dataset), cfg.seed, epoch, offset * cfg.batch_size,  # type: ignore[arg-type]
-                               cfg.batch_size, info.rank, info.world)
+        sampler = EpochSampler(len(dataset), cfg.seed, epoch, offset * cfg.global_batch,  # type: ignore[arg-type]
+                               cfg.global_batch, info.rank, info.world)
+        if isinstance(dataset, CachedImages):  # decoded already: one gather per batch, no loader
+            order = list(sampler)
+            for b in range(min(len(order) // per_rank, steps - offset)):
+                yield dataset.get_batch(order[b * per_rank:(b + 1) * per_rank]), []
+            return
         loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=True,
                             num_workers=cfg.workers, collate_fn=collate)
         skip = 0
@@ -423,25 +501,26 @@ def _epoch_batches(dataset: Dataset | TarShards, cfg: PretrainConfig, epoch: int
             return
 
 
-def _fit_steps(method: Method, dataset: Dataset | TarShards, cfg: PretrainConfig, per_rank: int,
-               device: torch.device) -> int:
-    """Time three steps (data + forward + backward, no update) and fit the schedule to the budget."""
-    state = copy.deepcopy(method.state_dict())  # BatchNorm statistics, DINO's centre: leave untouched
-    loader = DataLoader(dataset, batch_size=per_rank // cfg.accumulate, shuffle=False, collate_fn=collate)
-    it = iter(loader)
-    times = []
-    for i in range(3):
-        t0 = time.monotonic()
-        images = next(it)[0].to(device)
-        g = BatchGenerator(i, 0, len(images), len(images))
-        method.training_step(images, g).backward()
-        times.append((time.monotonic() - t0) * cfg.accumulate)
-    method.zero_grad(set_to_none=True)
-    method.load_state_dict(state)
-    per_step = sorted(times)[1]
-    steps = int(cfg.minutes * 60 * 0.97 / per_step)  # type: ignore[operator]
-    log.info("fitted schedule: %.2f s/step -> %d steps in %.1f min", per_step, steps, cfg.minutes)
-    return max(1, steps)
+def _flops_per_sample(method: Method, dataset: Dataset | TarShards, cfg: PretrainConfig,
+                      device: torch.device) -> float:
+    """FLOPs of one training step (forward + backward) per sample, counted by torch on a small
+    batch; for the GFLOP/s in the bar. The step leaves nothing behind (BatchNorm statistics,
+    DINO's centre, gradients and the global RNG are restored)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    state = copy.deepcopy(method.state_dict())
+    rng_state = torch.get_rng_state()
+    n = min(8, len(dataset)) if not isinstance(dataset, TarShards) else 8  # type: ignore[arg-type]
+    images = next(iter(DataLoader(dataset, batch_size=n, collate_fn=collate)))[0].to(device)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            method.training_step(images, BatchGenerator(0, 0, len(images), len(images))).backward()
+        flops = counter.get_total_flops() / max(1, len(images))
+    finally:
+        method.zero_grad(set_to_none=True)
+        method.load_state_dict(state)
+        torch.set_rng_state(rng_state)
+    return float(flops)
 
 
 def _tensorboard(out: Path) -> Any:

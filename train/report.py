@@ -3,7 +3,9 @@
 - loss.png: the training loss per step (from RUN/log.jsonl), with a moving average;
 - knn_over_checkpoints.png: k-NN top-1 of every kept checkpoint;
 - fewshot_confusion.png: the confusion matrix of the few-shot episodes (row-normalised);
-- embedding_pca.png: a 2-D PCA projection of the test embeddings, coloured by class.
+- embedding_pca.png: a 2-D PCA projection of the test embeddings, coloured by class;
+- augmented_views.png: training images next to views drawn with the run's augmentation policy,
+  i.e. what the model was trained to ignore.
 """
 
 from __future__ import annotations
@@ -114,6 +116,44 @@ def projection(features: np.ndarray, labels: np.ndarray, class_names: list[str],
         ax.scatter(xy[m, 0], xy[m, 1], s=5, alpha=0.6, color=cmap(c % cmap.N), label=name)
     ax.set(title="embeddings, PCA to 2-D", xticks=[], yticks=[])
     ax.legend(markerscale=3, fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def view_grid(ckpt: dict[str, Any], out: Path, images: int = 8, views: int = 5, seed: int = 0) -> Path | None:
+    """Each row: one of the checkpoint's sample images, then `views` augmented views of it, drawn
+    with the run's policy (config.json's augment_options). None for checkpoints without samples."""
+    import torch
+
+    from edgessl.train.pretrain import PretrainConfig
+    from edgessl.train.views import augment, to_float
+
+    samples = ckpt.get("samples")
+    if samples is None or len(samples) == 0:
+        return None
+    known = set(PretrainConfig.model_fields)
+    cfg = PretrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
+    view_cfg = cfg.views()
+    x = to_float(samples[:images])
+    g = torch.Generator().manual_seed(seed)
+    drawn = [augment(x, view_cfg, g).clamp(0, 1) for _ in range(views)]
+    plt = _plt()
+    rows = len(x)
+    fig, axes = plt.subplots(rows, views + 1, figsize=(1.2 * (views + 1), 1.2 * rows + 0.6), squeeze=False)
+    for r in range(rows):
+        cells = [x[r]] + [v[r] for v in drawn]
+        for c, img in enumerate(cells):
+            ax = axes[r][c]
+            ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("image" if c == 0 else f"view {c}", fontsize=8)
+    reason = ckpt["config"].get("augment_reason") or ""
+    fig.suptitle(f"policy {ckpt['config'].get('augment', 'natural')!r}" + (f": {reason}" if reason else ""),
+                 fontsize=8, wrap=True)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

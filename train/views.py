@@ -32,6 +32,8 @@ class ViewConfig:
     saturation: float = 0.4
     hue: float = 0.1
     gray_p: float = 0.2
+    rotate: float = 0.0  # largest rotation, degrees either way (0: none; the augmentation policies set it)
+    shear: float = 0.0  # largest horizontal shear factor either way
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -57,6 +59,14 @@ def random_resized_crop(x: torch.Tensor, cfg: ViewConfig, g: torch.Generator | N
     theta[:, 0, 2] = cx
     theta[:, 1, 1] = h
     theta[:, 1, 2] = cy
+    if cfg.rotate > 0 or cfg.shear > 0:
+        # Output -> input coordinates: crop scale x rotation x shear, about the crop's centre. Drawn
+        # only when used, so the views of policies without geometry stay exactly as before.
+        angle = _uniform(n, -cfg.rotate, cfg.rotate, g) * (math.pi / 180)
+        shear = _uniform(n, -cfg.shear, cfg.shear, g)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        geo = torch.stack([torch.stack([cos, cos * shear - sin], 1), torch.stack([sin, sin * shear + cos], 1)], 1)
+        theta[:, :, :2] = theta[:, :, :2] @ geo
     grid = F.affine_grid(theta.to(x.device, x.dtype), [n, x.shape[1], cfg.size, cfg.size], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
@@ -90,10 +100,16 @@ def color_jitter(x: torch.Tensor, cfg: ViewConfig, g: torch.Generator | None = N
     def factor(strength: float) -> torch.Tensor:  # 1 where jitter is off
         return 1 + on * _uniform(n, -strength, strength, g)
 
-    x = (x * factor(cfg.brightness).to(x.device, x.dtype).view(-1, 1, 1, 1)).clamp(0, 1)
-    x = _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True), factor(cfg.contrast))
-    x = _blend(x, _gray(x), factor(cfg.saturation))
-    return _rotate_hue(x, on * _uniform(n, -cfg.hue, cfg.hue, g))
+    # An operation of strength 0 is skipped (grey data: saturation and hue change nothing there).
+    if cfg.brightness > 0:
+        x = (x * factor(cfg.brightness).to(x.device, x.dtype).view(-1, 1, 1, 1)).clamp(0, 1)
+    if cfg.contrast > 0:
+        x = _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True), factor(cfg.contrast))
+    if cfg.saturation > 0:
+        x = _blend(x, _gray(x), factor(cfg.saturation))
+    if cfg.hue > 0:
+        x = _rotate_hue(x, on * _uniform(n, -cfg.hue, cfg.hue, g))
+    return x
 
 
 def random_grayscale(x: torch.Tensor, p: float, g: torch.Generator | None = None) -> torch.Tensor:

@@ -74,7 +74,8 @@ def test_eval_knn_linear_fewshot_with_reports(run, capsys):
                   str(run / "test"), "--way", "3", "--shot", "2", "--queries", "3", "--episodes", "20",
                   "--report", str(rep))
     assert r["way"] == 3 and 0 <= r["accuracy"] <= 1
-    for name in ("loss.png", "embedding_pca.png", "knn_over_checkpoints.png", "fewshot_confusion.png"):
+    for name in ("loss.png", "embedding_pca.png", "knn_over_checkpoints.png", "fewshot_confusion.png",
+                 "augmented_views.png"):
         png = rep / name
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 

@@ -4,7 +4,9 @@ A method is an `nn.Module` built as `Method(backbone, views, **options)`. Its
 `training_step(batch, g)` takes a uint8 batch and returns the loss; `on_step_end(progress)`
 is the hook for momentum/EMA updates. `input` says what the batch holds: "images" (N, C, H, W)
 or "clips" (N, T, C, H, W) of `clip_length` frames, which the data module then provides.
-`defaults` are the optimiser settings the method was tuned with (used unless the run sets them).
+`defaults` is the method's recipe, the one place its training settings live: optimiser, lr,
+weight decay and optionally batch_size, warmup_fraction, crop_min_scale (used unless the run
+sets them; options such as the temperature are the class's keyword defaults).
 
 Adding a method is one line in `METHODS` (name -> "module:Class"); modules are imported
 only when their method is used.
@@ -27,6 +29,9 @@ METHODS: dict[str, str] = {
     # contrastive
     "simclr": "edgessl.train.methods.simclr:SimCLR",
     "moco": "edgessl.train.methods.moco:MoCo",
+    # redundancy reduction (no negatives, no momentum encoder)
+    "vicreg": "edgessl.train.methods.vicreg:VICReg",
+    "barlow": "edgessl.train.methods.barlow:BarlowTwins",
     # self-distillation
     "byol": "edgessl.train.methods.byol:BYOL",
     "dino": "edgessl.train.methods.dino:DINO",

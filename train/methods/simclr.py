@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import nn
 
@@ -13,6 +15,10 @@ from edgessl.train.views import ViewConfig, ViewGenerator
 
 
 class SimCLR(Method):
+    # Batch 128 at LARS lr 0.6 per 256: the tuned value of the 20-minute CIFAR-10 benchmark (more
+    # steps per minute beat bigger batches at short budgets on 2 cores).
+    defaults: ClassVar[dict[str, Any]] = {"optimizer": "lars", "lr": 0.6, "weight_decay": 1e-5, "batch_size": 128}
+
     def __init__(self, backbone: nn.Module, views: ViewConfig, temperature: float = 0.2,
                  hidden_dim: int = 1024, out_dim: int = 128) -> None:
         super().__init__(backbone, views)
