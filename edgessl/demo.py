@@ -38,6 +38,9 @@ THRESHOLD = 0.0  # closed-set demo: the daemon names the nearest class unless no
 ALPHA, CONSECUTIVE = 0.5, 3  # the daemon's smoothing (EMA weight, frames in a row before a change)
 
 
+SHAPE_AUGMENT = {"gray_p": 0.8, "hue": 0.5, "rotate": 180.0}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and of training (default: 0)")
@@ -242,7 +245,10 @@ def run(args: argparse.Namespace) -> int:
     teacher = pretrain(PretrainConfig(
         data=str(data / "unlabeled"), out=str(out / "teacher"), method="simclr", backbone="resnet_tiny",
         minutes=args.minutes, image_size=IMAGE_SIZE, batch_size=64, crop_min_scale=0.5, seed=args.seed,
-        tensorboard=False))
+        # Colour and orientation are random per render, so they are the cheapest cues for telling
+        # renders apart: strong hue jitter, mostly grey views and any rotation take them away and
+        # leave shape and surface pattern (measured at 1.5 min: 26.6% -> 44.0% 5-way 5-shot).
+        augment_options=SHAPE_AUGMENT, tensorboard=False))
     t = lap("pretrain", t)
 
     _say("3/8 distil", f"a {args.student} student learns the teacher's embedding space ({args.distill_minutes:g} min)")

@@ -40,14 +40,11 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> np.ndar
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A smooth, nearly grey random gradient plus noise: the scene, not the object, varies in it."""
-    import cv2
-
-    grey = rng.integers(40, 216, size=(2, 2, 1))
-    tint = rng.integers(-20, 21, size=(1, 1, 3))
-    corners = np.clip(grey + tint, 0, 255).astype(np.uint8)
-    bg = cv2.resize(corners, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.int16)
-    bg += rng.integers(-12, 13, size=bg.shape, dtype=np.int16)
+    """A plain grey scene plus sensor noise. A gradient that differs per image is the cheapest
+    cue for telling images apart, so self-supervised features learn it instead of the shape
+    (measured: 26.6% -> 44.0% 5-way 5-shot with the recipe in demo.py)."""
+    grey = int(rng.integers(90, 170))
+    bg = np.full((size, size, 3), grey, np.int16) + rng.integers(-6, 7, size=(size, size, 3), dtype=np.int16)
     return np.clip(bg, 0, 255).astype(np.uint8)
 
 
