@@ -359,7 +359,7 @@ def main() -> int:
 def report(results: list[dict], model_text: str, clip_text: str, minutes: float, h: int, w: int) -> str:
     interval = 1 / FPS
     lines = [
-        "## Camera daemon under load (issue 3)",
+        "## Camera daemon under load",
         "",
         f"{CAMERAS} cameras, each playing {clip_text} in a loop at {FPS:g} fps in real time, latest-frame mode; "
         f"model {model_text}. The load is the regions classified per frame (cells of a grid over the {w}x{h} frame): "

@@ -1,4 +1,4 @@
-"""Distillation and export formats on CIFAR-10 (issue: export stage).
+"""Distillation and export formats on CIFAR-10 .
 
     python bench/export_formats.py              # about 25 min on 2 cores
 
@@ -109,7 +109,7 @@ def main() -> None:
     keep = student_acc["accuracy"] / teacher_acc["accuracy"]
     rows32 = {r["name"]: r for r in m32["report"]}
     body = (
-        "## Distillation and export formats (export-stage issue)\n\n"
+        "## Distillation and export formats\n\n"
         f"Teacher: SimCLR `resnet_tiny` from `bench/fewshot_cifar.py` ({t_mac:.1f} MMACs at 32x32). Student: "
         f"`mobilenetv3_small` (small-image stem, {s_mac:.1f} MMACs, **{t_mac / s_mac:.1f}x fewer**), distilled for "
         f"{args.minutes:g} min on CIFAR-10 `train/` (unlabeled; cosine + similarity-structure loss, 8-bit fake-quant "

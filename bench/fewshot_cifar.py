@@ -43,7 +43,7 @@ def main() -> None:
         evals[kind] = json.loads(out)
     t, r = evals["trained"], evals["random"]
     table = (
-        "## SimCLR on CIFAR-10, few-shot (foundation issue)\n\n"
+        "## SimCLR on CIFAR-10, few-shot\n\n"
         f"`resnet_tiny`, 32x32, batch {args.batch_size}, LARS base lr {args.lr}, temperature 0.2, "
         f"{len(log)} steps = {images / 50000:.1f} epochs in {log[-1]['elapsed_s'] / 60:.1f} min of training "
         f"({rate:.0f} img/s, data loading included; {wall:.1f} min wall for the command).\n"

@@ -150,7 +150,7 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
         rows.append(f"| {m} | {FAMILY[m]} | {data} | `{r['backbone']}` | {r['budget']:g} min | {r['steps']}{epochs} | "
                     f"{r['img_per_s']:.0f} | {pct(r['knn'])} | {pct(r['shot1'], r['ci1'])} | "
                     f"{pct(r['shot5'], r['ci5'])} |")
-    text = ("## Self-supervised methods on CIFAR-10 (issue 5)\n\n"
+    text = ("## Self-supervised methods on CIFAR-10\n\n"
             f"Each method pretrains for the same wall-clock budget on this machine's CPU, batch {args.batch_size}, "
             "32x32, its default optimiser settings (SimCLR: LARS lr 0.6), then its frozen backbone is evaluated on "
             "CIFAR-10: k-NN top-1 (k=200, T=0.1, weighted votes; "
