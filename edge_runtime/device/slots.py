@@ -157,7 +157,7 @@ def write_state(root: Path, state: DeviceState) -> None:
 def with_event(state: DeviceState, action: str, ok: bool, version: int | None, reason: str,
                 **changes: Any) -> DeviceState:
     slot = changes.get("active", state.active)
-    entry = HistoryEntry(at=now_iso(), action=action, ok=ok, version=version, slot=slot, reason=reason)  # type: ignore[arg-type]
+    entry = HistoryEntry(at=now_iso(), action=action, ok=ok, version=version, slot=slot, reason=reason)
     return state.model_copy(update={**changes, "history": [*state.history, entry]})
 
 
@@ -230,7 +230,7 @@ def active_model(root: str | Path) -> ActiveModel:
     profile = load_profile(root / PROFILE_FILE)
     manifest = read_manifest(path)
     slot = current_slot(root)
-    verified = read_state(root).verified.get(slot) if slot else None  # type: ignore[call-overload]
+    verified = read_state(root).verified.get(slot) if slot else None
     if verified is not None and any(a.label == verified for a in manifest.artifacts):
         others = [a.label for a in manifest.artifacts if a.label != verified]
         plan = choose(manifest, profile, exclude=others)
