@@ -13,138 +13,31 @@ import copy
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from edgessl.train import augment, hardware
 from edgessl.train import distributed as D
-from edgessl.train.backbones import accepts_option, create_backbone
-from edgessl.train.checkpoint import load_checkpoint, save_checkpoint
-from edgessl.train.data import CachedImages, ImageFolder, TarShards, build_dataset, collate
+from edgessl.train.backbones import create_backbone
+from edgessl.train.checkpoint import load_checkpoint
+from edgessl.train.config import PretrainConfig, method_kwargs, resolve_config
+from edgessl.train.data import CachedImages, ImageFolder, build_dataset, collate
 from edgessl.train.methods import Method, create_method, method_class, method_options
 from edgessl.train.optim import create_optimizer, param_groups, warmup_cosine, warmup_cosine_progress
 from edgessl.train.rng import BatchGenerator
-from edgessl.train.views import ViewConfig, eval_transform
+from edgessl.train.run_files import center_and_samples, keep_numbered, save_run, tensorboard_writer
+from edgessl.train.shards import TarShards
 
 log = logging.getLogger(__name__)
 
 # The loop's clock: a module attribute so that tests can drive the time budget with a simulated one.
 _clock = time.monotonic
-
-DEFAULT_LR = {"lars": 1.0, "sgd": 0.3, "adamw": 1e-3}  # per 256 images, scaled linearly with batch
-DEFAULT_WEIGHT_DECAY = 1e-5
-
-Option = bool | int | float | str
-
-
-class PretrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    data: str = Field(description="image folder, video file/folder, or .tar shards (file, folder, glob, {a..b})")
-    out: str = Field(description="run folder: checkpoints, config.json, log.jsonl, tensorboard/")
-    method: str = Field("simclr", description="SSL method")
-    backbone: str = Field("resnet_tiny", description="backbone architecture")
-    image_size: int = Field(32, ge=8, description="training resolution (square)")
-    batch_size: int | None = Field(None, ge=2, description="global batch per optimiser step (all processes); "
-                                   "default: the method's, else 256")
-    epochs: float | None = Field(None, gt=0, description="length in epochs (default 10 unless --minutes)")
-    minutes: float | None = Field(None, gt=0, description="wall-clock budget; the schedule is fitted to it")
-    optimizer: Literal["lars", "sgd", "adamw"] | None = Field(None, description="default: the method's")
-    lr: float | None = Field(None, gt=0, description="base lr per 256 images (default: the method's)")
-    weight_decay: float | None = Field(None, ge=0, description="default: the method's")
-    warmup_fraction: float | None = Field(None, ge=0, lt=1, description="default: the method's, else 0.05")
-    temperature: float | None = Field(None, gt=0, description="loss temperature, for methods that have one")
-    method_options: dict[str, Option] = Field(default_factory=dict, description="method keyword options")
-    backbone_options: dict[str, Option] = Field(default_factory=dict, description="backbone keyword options")
-    data_kind: Literal["auto", "images", "video", "shards"] = "auto"
-    video_stride: int = Field(1, ge=1, description="use every n-th video frame")
-    seed: int = 0
-    workers: int = Field(0, ge=0, description="data loading processes (0: in the training process)")
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: all cores)")
-    device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:N")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 autocast on a CPU with native bf16, else fp32; fp16 + scaler on CUDA")
-    cache: bool = Field(True, description="decode an image folder once into a uint8 memory map ($EDGESSL_CACHE)")
-    accumulate: int = Field(1, ge=1, description="micro-batches per optimiser step")
-    sync_bn: bool = Field(True, description="BatchNorm statistics over all processes under DDP")
-    checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
-    checkpoint_minutes: float | None = Field(None, gt=0, description="also checkpoint after this many minutes")
-    keep_checkpoints: int = Field(3, ge=0, description="numbered step checkpoints kept besides last.pt")
-    crop_min_scale: float | None = Field(None, gt=0, le=1, description="smallest random crop, as a share of the "
-                                         "image area; default: the augmentation policy's, else the method's, else 0.2")
-    center_images: int = Field(2000, ge=1, description="images used for the centring vector")
-    tensorboard: bool = Field(True, description="write TensorBoard scalars to RUN/tensorboard")
-    augment: Literal["auto", "natural", "grey", "document", "thermal"] = Field(
-        "auto", description="augmentation policy; auto: picked from a sample of the data (train/augment.py)")
-    augment_options: dict[str, Option] = Field(
-        default_factory=dict, description="per-operation view settings over the policy (ViewConfig fields, "
-        "min_scale); after the run starts: the resolved policy")
-    augment_reason: str | None = Field(None, description="why the policy was chosen (filled in by the run)")
-
-    @model_validator(mode="after")
-    def _length(self) -> PretrainConfig:
-        if self.epochs is None and self.minutes is None:
-            self.epochs = 10
-        return self
-
-    def views(self) -> ViewConfig:
-        return augment.view_config(self.image_size, self.crop_min_scale or 0.2, self.augment_options)
-
-    @property
-    def global_batch(self) -> int:
-        """batch_size once resolve_config has filled it in from the method's recipe."""
-        if self.batch_size is None:
-            raise ValueError("batch_size is not resolved yet: call resolve_config first")
-        return self.batch_size
-
-    @property
-    def base_lr(self) -> float:
-        return (self.lr or DEFAULT_LR[self.optimizer or "lars"]) * (self.batch_size or 256) / 256
-
-
-def resolve_config(cfg: PretrainConfig) -> PretrainConfig:
-    """Fill in what the method and backbone decide: optimiser, lr, weight decay, a ViT's img_size."""
-    cls = method_class(cfg.method)
-    d = cls.defaults
-    update: dict[str, Any] = {}
-    optimizer = cfg.optimizer or d.get("optimizer", "lars")
-    same = optimizer == d.get("optimizer", "lars")
-    update["optimizer"] = optimizer
-    update["lr"] = cfg.lr or (d["lr"] if same and "lr" in d else DEFAULT_LR[optimizer])
-    if cfg.weight_decay is None:
-        update["weight_decay"] = d["weight_decay"] if same and "weight_decay" in d else DEFAULT_WEIGHT_DECAY
-    # The rest of the method's recipe (train/methods/<name>.py `defaults`), unless the run sets it.
-    for key, fallback in (("batch_size", 256), ("warmup_fraction", 0.05)):
-        if getattr(cfg, key) is None:
-            update[key] = d.get(key, fallback)
-    if cfg.precision == "auto":
-        # Emulated bf16 (AVX2, plain AVX-512) is slower than fp32; native bf16 measured faster (docs/benchmarks.md).
-        on_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
-        update["precision"] = "bf16" if on_cpu and hardware.native_bf16() else "fp32"
-    if accepts_option(cfg.backbone, "img_size") and "img_size" not in cfg.backbone_options:
-        update["backbone_options"] = {**cfg.backbone_options, "img_size": cfg.image_size}
-    return cfg.model_copy(update=update)
-
-
-def method_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
-    kwargs: dict[str, Any] = dict(cfg.method_options)
-    if cfg.temperature is not None:
-        from edgessl.train.methods import method_options
-
-        if "temperature" not in method_options(cfg.method):
-            raise ValueError(f"method {cfg.method!r} has no temperature; its options: "
-                             f"{', '.join(method_options(cfg.method)) or 'none'}")
-        kwargs.setdefault("temperature", cfg.temperature)
-    return kwargs
-
 
 class EpochSampler(Sampler[int]):
     """A seeded permutation per epoch, started at an offset: resume sees the exact same order.
@@ -327,7 +220,7 @@ def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.D
     # ---- train
     method.train()
     bad_files: set[str] = set()
-    writer = _tensorboard(out) if cfg.tensorboard and main else None
+    writer = tensorboard_writer(out) if cfg.tensorboard and main else None
     t_prev = last_save = _clock()
     t_first: float | None = None
     smooth_rate = 0.0
@@ -431,8 +324,8 @@ def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.D
                     log_file.flush()
                     if writer is not None:
                         writer.flush()
-                    _save(ckpt_path, cfg, method, optimizer, scaler, step, estimate or step, now - start)
-                    _keep_numbered(ckpt_path, step, cfg.keep_checkpoints)
+                    save_run(ckpt_path, cfg, method, optimizer, scaler, step, estimate or step, now - start)
+                    keep_numbered(ckpt_path, step, cfg.keep_checkpoints)
                     last_save = now
                 if out_of_time or (not time_budget and step >= (total_steps or 0)):
                     break
@@ -448,8 +341,8 @@ def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.D
 
     # ---- what export needs: the centring vector and a few real images
     if main:
-        center, samples = _center_and_samples(method.backbone, dataset, cfg, device)
-        _save(ckpt_path, cfg, method, optimizer, scaler, step, total_steps, _clock() - start,
+        center, samples = center_and_samples(method.backbone, dataset, cfg, device)
+        save_run(ckpt_path, cfg, method, optimizer, scaler, step, total_steps, _clock() - start,
               center, samples)
         log.info("wrote %s (%d steps, %.1f min)", ckpt_path, step, (_clock() - start) / 60)
     if info.enabled:
@@ -521,77 +414,3 @@ def _flops_per_sample(method: Method, dataset: Dataset | TarShards, cfg: Pretrai
         method.load_state_dict(state)
         torch.set_rng_state(rng_state)
     return float(flops)
-
-
-def _tensorboard(out: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError("TensorBoard logging needs the 'tensorboard' package: "
-                                  "pip install 'edgessl[train]', or pass --no-tensorboard", name=exc.name) from exc
-    return SummaryWriter(str(out / "tensorboard"))
-
-
-@torch.no_grad()
-def _center_and_samples(backbone: torch.nn.Module, dataset: Dataset | TarShards, cfg: PretrainConfig,
-                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean feature of `center_images` training images (frames, for clips) and 32 real samples."""
-    backbone.eval()
-    if isinstance(dataset, TarShards):
-        dataset.set_epoch(0)
-        source: Any = dataset
-    else:
-        g = torch.Generator().manual_seed(cfg.seed)
-        idx = torch.randperm(len(dataset), generator=g)[: cfg.center_images].tolist()  # type: ignore[arg-type]
-        source = torch.utils.data.Subset(dataset, idx)
-    loader = DataLoader(source, batch_size=256, collate_fn=collate)
-    views = cfg.views()
-    total: torch.Tensor | None = None
-    count = 0
-    samples: list[torch.Tensor] = []
-    for images, _, _ in loader:
-        if images.dim() == 5:  # clips: every frame counts
-            images = images.flatten(0, 1)
-        if len(images) == 0:
-            continue
-        x = eval_transform(images.to(device), cfg.image_size, views.mean, views.std)
-        feats = backbone(x).float()
-        total = feats.sum(0) if total is None else total + feats.sum(0)
-        count += len(feats)
-        if sum(s.shape[0] for s in samples) < 32:
-            samples.append(images[:32])
-        if count >= min(cfg.center_images, len(source)):  # a stream is endless: one pass at most
-            break
-    backbone.train()
-    assert total is not None
-    return (total / count).cpu(), torch.cat(samples)[:32].clone()
-
-
-def _keep_numbered(last: Path, step: int, keep: int) -> None:
-    """Copy last.pt to step_NNNNNNNN.pt and delete all but the `keep` newest copies."""
-    if keep == 0:
-        return
-    numbered = last.parent / f"step_{step:08d}.pt"
-    shutil.copyfile(last, numbered)
-    for old in sorted(last.parent.glob("step_*.pt"))[:-keep]:
-        old.unlink()
-
-
-def _save(path: Path, cfg: PretrainConfig, method: torch.nn.Module, optimizer: torch.optim.Optimizer,
-          scaler: Any, step: int, total_steps: int, elapsed: float, center: torch.Tensor | None = None,
-          samples: torch.Tensor | None = None) -> None:
-    views = cfg.views()
-    payload: dict[str, Any] = {
-        "config": cfg.model_dump(),
-        "method_state": {k: v.cpu() for k, v in method.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else {},
-        "step": step, "total_steps": total_steps, "elapsed_s": elapsed,
-        "embedding_dim": method.backbone.dim,
-        "preprocess": {"input_size": [cfg.image_size, cfg.image_size], "mean": list(views.mean),
-                       "std": list(views.std), "channel_order": "RGB", "resize": "shorter_side_crop"},
-    }
-    if center is not None:
-        payload["center"] = center
-        payload["samples"] = samples
-    save_checkpoint(path, payload)

@@ -6,17 +6,8 @@ import pytest
 import torch
 
 from edgessl import synthetic
-from edgessl.train.data import (
-    ImageFolder,
-    TarShards,
-    VideoFrames,
-    build_dataset,
-    collate,
-    count_shard,
-    detect_kind,
-    expand_shards,
-    write_shards,
-)
+from edgessl.train.data import ImageFolder, VideoFrames, build_dataset, collate, detect_kind
+from edgessl.train.shards import TarShards, count_shard, expand_shards, write_shards
 
 SHARED_VIDEO = Path(__file__).resolve().parents[3] / "shared" / "data" / "video"
 

@@ -86,7 +86,7 @@ def test_image_method_trains_on_video_frames(tmp_path):
 
 
 def test_shards_train_and_resume_exactly(images, tmp_path):
-    from edgessl.train.data import write_shards
+    from edgessl.train.shards import write_shards
 
     write_shards(sorted(images.rglob("*.png")), str(tmp_path / "shards" / "s-{}.tar"), per_shard=16)
     cfg = tiny(tmp_path / "shards" / "s-{000000..000002}.tar", tmp_path / "full", epochs=2,
