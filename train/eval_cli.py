@@ -90,6 +90,8 @@ def _openset_text(r: dict[str, Any], kind: str) -> str:
                                                                  if r["background"] else ""),
         f"  AUROC          calibrated {f('auroc_calibrated', False)}   global {f('auroc_global', False)}",
         f"  FAR @ 95% TAR  calibrated {f('far95_calibrated')}   global {f('far95_global')}",
+        f"  oracle (per-class thresholds read off the queries, the most calibration could do): "
+        f"AUROC {f('auroc_oracle', False)}, FAR @ 95% TAR {f('far95_oracle')}",
         f"  at the thresholds: calibrated TAR {f('tar_calibrated')} FAR {f('far_calibrated')} "
         f"(accepted right {f('accuracy_calibrated')}); fixed {r['fallback']:g} TAR {f('tar_fixed')} "
         f"FAR {f('far_fixed')} (accepted right {f('accuracy_fixed')})",

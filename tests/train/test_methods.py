@@ -108,3 +108,25 @@ def test_views_do_not_depend_on_how_the_batch_is_split():
             assert torch.allclose(view, torch.cat([parts[0][v], parts[1][v]]), atol=1e-6)
     assert torch.equal(ViewGenerator(ViewConfig(size=SIZE))(images, BatchGenerator(7, 0, 6, 6))[0],
                        ViewGenerator(ViewConfig(size=SIZE))(images, torch.Generator().manual_seed(7))[0])
+
+
+def test_distill_can_start_from_the_teachers_weights(teacher):
+    # Same architecture: the student starts as the teacher, so the cosine term starts at zero.
+    torch.manual_seed(5)
+    method = create_method("distill", create_backbone("resnet_tiny"), ViewConfig(size=SIZE), teacher=str(teacher),
+                           relation_weight=0.0, init_from_teacher=True)
+    method.eval()
+    x = torch.randn(4, 3, SIZE, SIZE)
+    with torch.no_grad():
+        t = torch.nn.functional.normalize(method.teacher(x) - method.teacher_center, dim=1)
+        s = torch.nn.functional.normalize(method.project(method.backbone(x)), dim=1)
+    assert torch.allclose((s * t).sum(1), torch.ones(4), atol=1e-5)
+    # Without it, a fresh student does not point where the teacher does.
+    fresh = create_method("distill", create_backbone("resnet_tiny"), ViewConfig(size=SIZE), teacher=str(teacher))
+    with torch.no_grad():
+        s = torch.nn.functional.normalize(fresh.eval().project(fresh.backbone(x)), dim=1)
+    assert (s * t).sum(1).mean() < 0.9
+    # Another architecture is a clear error.
+    with pytest.raises(ValueError, match="teacher's architecture"):
+        create_method("distill", create_backbone("mobilenetv3_small"), ViewConfig(size=SIZE), teacher=str(teacher),
+                      init_from_teacher=True)

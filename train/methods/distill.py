@@ -7,6 +7,10 @@ softmaxed pairwise similarities), so neighbourhoods, which few-shot classificati
 are kept. Being a method, it reuses the pretraining loop: data, augmentation, checkpoints,
 exact resume, torchrun.
 
+`init_from_teacher`: a student of the teacher's own architecture starts from the teacher's
+weights (so nothing is lost to a short budget) and the run is a fine-tune towards the device:
+`make demo` uses it, since 2 cores cannot afford both a bigger teacher and a from-scratch student.
+
 Optional quantization-aware noise: in the last `qat_fraction` of training the student's
 activations pass through 8-bit fake quantization (straight-through gradients), so it learns
 to live with INT8 rounding before it is quantized.
@@ -65,7 +69,7 @@ class Distill(Method):
     defaults = {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05}
 
     def __init__(self, backbone: nn.Module, views: ViewConfig, teacher: str = "", relation_weight: float = 1.0,
-                 relation_temperature: float = 0.1, qat_fraction: float = 0.0) -> None:
+                 relation_temperature: float = 0.1, qat_fraction: float = 0.0, init_from_teacher: bool = False) -> None:
         super().__init__(backbone, views)
         if not teacher:
             raise ValueError("distill needs a teacher: method option teacher=PATH (an edgessl checkpoint or .pt2)")
@@ -83,9 +87,28 @@ class Distill(Method):
         self.register_buffer("s_std", torch.tensor(views.std).view(1, 3, 1, 1))
         self.views = ViewGenerator(views, n_views=1)
         self.project = nn.Linear(output_dim(backbone), t_dim)
+        if init_from_teacher:
+            self._start_from_teacher()
         self.relation_weight, self.relation_temperature = relation_weight, relation_temperature
         self.qat_fraction = qat_fraction
         self._qat_handles: list[Any] = []
+
+    def _start_from_teacher(self) -> None:
+        """Copy the teacher's weights into a student of the same architecture, and make the
+        projection subtract the teacher's centre: the student starts where the teacher is, and
+        distillation becomes a fine-tune towards INT8 (with qat_fraction) on the device's data."""
+        t_state, s_state = self.teacher.state_dict(), self.backbone.state_dict()
+        wrong = sorted(k for k in set(t_state) | set(s_state)
+                       if k not in t_state or k not in s_state or t_state[k].shape != s_state[k].shape)
+        if wrong:
+            raise ValueError(f"init_from_teacher needs a student of the teacher's architecture; these weights "
+                             f"differ: {', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}")
+        self.backbone.load_state_dict(t_state)
+        with torch.no_grad():
+            if self.project.weight.shape[0] != self.project.weight.shape[1]:
+                raise ValueError("init_from_teacher needs the student's embedding size to be the teacher's")
+            self.project.weight.copy_(torch.eye(self.project.weight.shape[0]))
+            self.project.bias.copy_(-self.teacher_center)
 
     def train(self, mode: bool = True) -> Distill:
         super().train(mode)
