@@ -107,7 +107,10 @@ def test_shards_train_and_resume_exactly(images, tmp_path):
 def test_gradient_accumulation_matches_one_batch(images, tmp_path):
     """MAE on a ViT: a per-sample loss and no BatchNorm, so 2 micro-batches of 4 are 1 batch of 8."""
     vit = {"depth": 1, "patch_size": 4}
-    one = tiny(images, tmp_path / "one", method="mae", backbone="vit_tiny", backbone_options=vit, epochs=0.6)
+    # fp32: under bf16 autocast (--precision auto on a CPU with native bf16) the two orders of
+    # summation round differently, by more than this comparison allows.
+    one = tiny(images, tmp_path / "one", method="mae", backbone="vit_tiny", backbone_options=vit, epochs=0.6,
+               precision="fp32")
     two = one.model_copy(update={"out": str(tmp_path / "two"), "accumulate": 2})
     pretrain(one)
     pretrain(two)
