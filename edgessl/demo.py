@@ -18,20 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import re
 import shutil
-import signal
-import subprocess
-import sys
-import threading
 import time
-import urllib.request
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+
+from edgessl.demo_device import DaemonProcess, edgessl, enroll, http
+from edgessl.demo_figures import labels_per_frame, percentile, random_weights_accuracy, settle_frames, steady
 
 SHOTS = 5
 THRESHOLD = 0.0  # closed-set demo: the daemon names the nearest class unless nothing is similar at all
@@ -43,7 +37,9 @@ SHAPE_AUGMENT = {"gray_p": 0.8, "hue": 0.5, "rotate": 180.0}
 # which it must push apart; VICReg has no negatives. Measured at 1.5 min on the renders (5-way
 # 5-shot, torch, docs/benchmarks.md): VICReg 77.8%, SimCLR 58.4%, DINO 43.8%, SwAV 33.1%, BYOL 31.4%.
 METHOD = "vicreg"
+TEACHER = "resnet_tiny"
 PRETRAIN_LR = 0.6  # LARS, per 256 images; VICReg's 0.3 is for long runs (1.5 min: 77.8% -> 80.8%)
+IMAGE_SIZE = 32
 DISTILL_LR = 2e-4  # AdamW, per 256 images: a fine-tune, not a fresh start
 
 
@@ -57,155 +53,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds-per-class", type=float, default=2.5,
                    help="how long each class stays in the camera video (default: 2.5)")
     p.add_argument("--fps", type=int, default=12, help="camera video frame rate (default: 12)")
-    p.add_argument("--student", default="resnet_tiny", help="student backbone for the device (default: resnet_tiny)")
+    p.add_argument("--student", default=TEACHER,
+                   help=f"student backbone for the device (default: {TEACHER}, the teacher's, started from its weights)")
     p.add_argument("--serve", action="store_true", help="keep the daemon running at the end (Ctrl-C stops it)")
 
 
 def _say(step: str, what: str) -> None:
     print(f"\n== {step}: {what}", flush=True)
-
-
-def _cmd(*args: object) -> list[str]:
-    return [sys.executable, "-m", "edgessl", *map(str, args)]
-
-
-def _edgessl(*args: object) -> str:
-    """Run one `edgessl` command (shown as a user would type it); its stdout, or an error with its stderr."""
-    print("$ edgessl " + " ".join(map(str, args)), flush=True)
-    proc = subprocess.run(_cmd(*args), capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"`edgessl {' '.join(map(str, args))}` failed ({proc.returncode}):\n"
-                           f"{proc.stderr[-3000:]}")
-    return proc.stdout
-
-
-# ---------------------------------------------------------------- the daemon, as a child process
-
-class DaemonProcess:
-    """`edgessl run --root ROOT` in a subprocess; its log is kept, its API URL read from it."""
-
-    def __init__(self, root: Path, log_path: Path) -> None:
-        self.log_path = log_path
-        self.url: str | None = None
-        self._ready = threading.Event()
-        args = ["run", "--root", root, "--port", "0"]
-        print("$ edgessl " + " ".join(map(str, args)), flush=True)
-        self.proc = subprocess.Popen(_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     start_new_session=True)
-        self._reader = threading.Thread(target=self._read_log, daemon=True)
-        self._reader.start()
-
-    def _read_log(self) -> None:
-        assert self.proc.stderr is not None
-        with open(self.log_path, "w") as log:
-            for line in self.proc.stderr:
-                log.write(line)
-                log.flush()
-                found = re.search(r"API listening on (http://\S+)", line)
-                if found:
-                    self.url = found.group(1)
-                    self._ready.set()
-        self._ready.set()
-
-    def wait_ready(self, timeout: float = 60.0) -> str:
-        self._ready.wait(timeout)
-        if self.url is None:
-            self.stop()
-            tail = self.log_path.read_text()[-3000:] if self.log_path.exists() else ""
-            raise RuntimeError(f"the daemon did not start its API (exit code {self.proc.poll()}); its log:\n{tail}")
-        return self.url
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(2)
-
-
-def _http(method: str, url: str, token: str | None = None, body: bytes | None = None,
-          content_type: str | None = None) -> Any:
-    req = urllib.request.Request(url, data=body, method=method)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    if content_type:
-        req.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        raise RuntimeError(f"{method} {url}: HTTP {exc.code}: {exc.read()[:500]!r}") from exc
-
-
-def _enroll(url: str, token: str, label: str, images: Sequence[Path]) -> Any:
-    """POST /v1/classes as multipart/form-data: a `label` field and the `images` files."""
-    boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="label"\r\n\r\n{label}\r\n'.encode()]
-    for path in images:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{path.name}"\r\n'
-                     f"Content-Type: image/png\r\n\r\n".encode() + path.read_bytes() + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return _http("POST", f"{url}/v1/classes", token, b"".join(parts), f"multipart/form-data; boundary={boundary}")
-
-
-# ---------------------------------------------------------------- figures
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))] if s else float("nan")
-
-
-def labels_per_frame(events: list[dict[str, Any]], camera: str, region: str, first: int, last: int) -> dict[int, str]:
-    """The label the daemon showed at every frame seq in [first, last]: the newest label change
-    (from the JSON-lines sink) at or before that frame; frames before the first label are absent."""
-    changes = sorted((e["frame"], e["label"]) for e in events if e["camera"] == camera and e["region"] == region)
-    out, label, i = {}, None, 0
-    for seq in range(first, last + 1):
-        while i < len(changes) and changes[i][0] <= seq:
-            label = changes[i][1]
-            i += 1
-        if label is not None:
-            out[seq] = label
-    return out
-
-
-def random_weights_accuracy(student_ckpt: Path, support: dict[str, list[Path]], query: dict[str, list[Path]],
-                            seed: int) -> dict[str, float]:
-    """Held-out accuracy of the student's architecture with random weights, through the same
-    preprocessing and prototype code (centred on the support set's mean: no training data)."""
-    import cv2
-    import numpy as np
-    import torch
-
-    from edgessl.edge_runtime.fewshot.prototypes import center_normalize, class_prototypes, nearest
-    from edgessl.train.checkpoint import load_backbone, load_checkpoint
-    from edgessl.train.data import resize_crop
-    from edgessl.train.views import eval_transform
-
-    ckpt = load_checkpoint(student_ckpt)
-    pre = ckpt["preprocess"]
-    size = pre["input_size"][0]
-    torch.manual_seed(seed)
-    backbone = load_backbone(ckpt, random_weights=True)
-    classes = list(support)
-
-    def embed(paths: list[Path]) -> np.ndarray:
-        x = torch.from_numpy(np.stack([resize_crop(cv2.imread(str(p)), size) for p in paths]))
-        with torch.no_grad():
-            return backbone(eval_transform(x, size, pre["mean"], pre["std"])).numpy()
-
-    s_feat = [embed(support[c]) for c in classes]
-    center = np.concatenate(s_feat).mean(0)
-    labels = np.concatenate([np.full(len(f), i) for i, f in enumerate(s_feat)])
-    _, protos = class_prototypes(np.concatenate(s_feat), labels, center)
-    out = {}
-    for i, c in enumerate(classes):
-        pred, _ = nearest(center_normalize(embed(query[c]), center), protos)
-        out[c] = float((np.asarray(pred) == i).mean())
-    return out
 
 
 # ---------------------------------------------------------------- the demo
@@ -247,9 +101,9 @@ def run(args: argparse.Namespace) -> int:
           f"({args.fps} fps, {args.seconds_per_class:g} s per class), classes: {', '.join(synthetic.CLASSES)}")
     t = lap("data", t)
 
-    _say("2/8 pretrain", f"VICReg on resnet_tiny for {args.minutes:g} min (labels ignored)")
+    _say("2/8 pretrain", f"VICReg on {TEACHER} for {args.minutes:g} min (labels ignored)")
     teacher = pretrain(PretrainConfig(
-        data=str(data / "unlabeled"), out=str(out / "teacher"), method=METHOD, backbone="resnet_tiny",
+        data=str(data / "unlabeled"), out=str(out / "teacher"), method=METHOD, backbone=TEACHER,
         minutes=args.minutes, image_size=IMAGE_SIZE, batch_size=64, lr=PRETRAIN_LR, crop_min_scale=0.5,
         seed=args.seed,
         # Colour and orientation are random per render, so they are the cheapest cues for telling
@@ -261,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     # A student of the teacher's own architecture starts from the teacher's weights: half a minute
     # from scratch lost a third of the accuracy (74% -> 53% held-out, docs/benchmarks.md), so the
     # step becomes a quantization-aware fine-tune at a low learning rate.
-    same_architecture = args.student == "resnet_tiny"
+    same_architecture = args.student == TEACHER
     _say("3/8 distil", f"a {args.student} student learns the teacher's embedding space ({args.distill_minutes:g} min"
          + (", starting from the teacher's weights, 8-bit fake quantization" if same_architecture else "") + ")")
     student = pretrain(PretrainConfig(
@@ -284,10 +138,10 @@ def run(args: argparse.Namespace) -> int:
     t = lap("export", t)
 
     _say("5/8 sign + provision + flash", "keys, signature, a device root (x86-cpu, A/B slots), install")
-    _edgessl("keys", "generate", "--out", out / "keys")
-    _edgessl("sign", bundle, "--key", out / "keys" / "signing.key")
-    _edgessl("device", "init", "--root", root, "--profile", "x86-cpu", "--trust", out / "keys" / "signing.pub")
-    print(_edgessl("flash", bundle, "--to", root).rstrip())
+    edgessl("keys", "generate", "--out", out / "keys")
+    edgessl("sign", bundle, "--key", out / "keys" / "signing.key")
+    edgessl("device", "init", "--root", root, "--profile", "x86-cpu", "--trust", out / "keys" / "signing.pub")
+    print(edgessl("flash", bundle, "--to", root).rstrip())
     t = lap("flash", t)
 
     _say("6/8 daemon", "edgessl run: the video as a looping camera, one region, a JSON-lines sink")
@@ -307,16 +161,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         url = daemon.wait_ready()
         token = (os.environ.get("EDGESSL_API_TOKEN") or (root / "state" / "api-token").read_text()).strip()
-        model = _http("GET", f"{url}/v1/model")
+        model = http("GET", f"{url}/v1/model")
         print(f"daemon pid {daemon.proc.pid}, API {url}, model {model['name']}:{model['version']} "
               f"backend {model['backend']} artifact {model['artifact']} ({model.get('why', '')})")
         t = lap("daemon start", t)
 
         _say("7/8 enroll", f"every class through POST /v1/classes, {SHOTS} images each")
         for kind, paths in support.items():
-            answer = _enroll(url, token, kind, paths)
+            answer = enroll(url, token, kind, paths)
             print(f"  {kind:<9} {answer.get('exemplars', answer) if isinstance(answer, dict) else answer}")
-        enrolled_at = max(s["frame"] for s in _http("GET", f"{url}/v1/state"))
+        enrolled_at = max(s["frame"] for s in http("GET", f"{url}/v1/state"))
 
         _say("8/8 watch", "the daemon's labels from the JSON-lines sink over one loop of the video")
         n = len(truth)
@@ -324,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         last = first + n - 1
         latencies: dict[int, float] = {}
         while True:
-            states = _http("GET", f"{url}/v1/state")
+            states = http("GET", f"{url}/v1/state")
             for s in states:
                 if s["latency_ms"] is not None:
                     latencies[s["frame"]] = s["latency_ms"]
@@ -340,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         t = lap("enroll + watch", t)
 
         # Held-out images through the device's command, against the gallery the daemon enrolled.
-        lines = _edgessl("classify", "--root", root, "--gallery", root / "state" / "gallery.db",
+        lines = edgessl("classify", "--root", root, "--gallery", root / "state" / "gallery.db",
                          "--threshold", "-1", qdir).splitlines()
         held = {k: [0, 0] for k in synthetic.CLASSES}
         for line in lines:
@@ -352,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         t = lap("held-out + baseline", t)
 
         # Video: a frame counts once the object has been in the region for SETTLE frames.
-        settle = _settle_frames()
+        settle = settle_frames(CONSECUTIVE)
         video_all = {k: [0, 0] for k in synthetic.CLASSES}
         video_ok = {k: [0, 0] for k in synthetic.CLASSES}
         for seq in range(first, last + 1):
@@ -361,14 +215,14 @@ def run(args: argparse.Namespace) -> int:
             label = shown.get(seq)
             video_all[kind][0] += label == kind
             video_all[kind][1] += 1
-            if _steady(truth, pos, settle):
+            if steady(truth, pos, settle):
                 video_ok[kind][0] += label == kind
                 video_ok[kind][1] += 1
         with open(out / "video_decisions.jsonl", "w") as f:
             for seq in range(first, last + 1):
                 f.write(json.dumps({"frame": seq, "position": (seq - 1) % n, "truth": truth[(seq - 1) % n],
                                     "label": shown.get(seq),
-                                    "counted": _steady(truth, (seq - 1) % n, settle)}) + "\n")
+                                    "counted": steady(truth, (seq - 1) % n, settle)}) + "\n")
 
         lat = list(latencies.values())
         ev_lat = [e["latency_ms"] for e in events]
@@ -399,8 +253,8 @@ def run(args: argparse.Namespace) -> int:
               f"video {pct(total(video_ok))} (worst class {worst(video_ok)}) | "
               f"random weights {100 * sum(rand.values()) / len(rand):.1f}% | "
               f"artifact {model['backend']}/{model['artifact']} ({model['precision']}) | "
-              f"latency p50 {_percentile(lat, 50):.1f} ms p99 {_percentile(lat, 99):.1f} ms "
-              f"({len(lat)} decisions; label changes p50 {_percentile(ev_lat, 50):.1f} ms) | wall {wall:.0f} s")
+              f"latency p50 {percentile(lat, 50):.1f} ms p99 {percentile(lat, 99):.1f} ms "
+              f"({len(lat)} decisions; label changes p50 {percentile(ev_lat, 50):.1f} ms) | wall {wall:.0f} s")
         print("steps: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
         print(f"\npage: {url}/   (token: {root / 'state' / 'api-token'})\noutputs in {out}: bundle/, device/, "
               f"events.jsonl, video_decisions.jsonl, daemon.log\nagain: edgessl run --root {root}")
@@ -413,16 +267,3 @@ def run(args: argparse.Namespace) -> int:
     finally:
         daemon.stop()
     return 0
-
-
-IMAGE_SIZE = 32
-
-
-def _settle_frames() -> int:
-    return CONSECUTIVE + 3
-
-
-def _steady(truth: list[str], pos: int, settle: int) -> bool:
-    """The object at `pos` has been in view for at least `settle` frames (the loop wraps around)."""
-    n = len(truth)
-    return all(truth[(pos - d) % n] == truth[pos] for d in range(1, settle + 1))

@@ -49,7 +49,7 @@ def _color(rng: np.random.Generator) -> np.ndarray:
     """A random hue at one saturation and brightness (BGR)."""
     import cv2
 
-    hsv = np.uint8([[[rng.uniform(0, 180), 200, 230]]])
+    hsv = np.array([[[rng.uniform(0, 180), 200, 230]]], np.uint8)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.int64)
 
 

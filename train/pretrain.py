@@ -14,17 +14,17 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from edgessl.train import augment, hardware
 from edgessl.train import distributed as D
 from edgessl.train.backbones import create_backbone
+from edgessl.train.batches import epoch_batches
 from edgessl.train.checkpoint import load_checkpoint
 from edgessl.train.config import PretrainConfig, method_kwargs, resolve_config
 from edgessl.train.data import CachedImages, ImageFolder, build_dataset, collate
@@ -38,40 +38,6 @@ log = logging.getLogger(__name__)
 
 # The loop's clock: a module attribute so that tests can drive the time budget with a simulated one.
 _clock = time.monotonic
-
-class EpochSampler(Sampler[int]):
-    """A seeded permutation per epoch, started at an offset: resume sees the exact same order.
-
-    With `world` processes, global batch b is perm[b*B:(b+1)*B] and process r takes its
-    contiguous part [r*B/world, (r+1)*B/world): the processes together see exactly the
-    batches of a single-process run (a DistributedSampler that also keeps batch composition)."""
-
-    def __init__(self, n: int, seed: int, epoch: int, start: int = 0, batch_size: int | None = None,
-                 rank: int = 0, world: int = 1) -> None:
-        if world > 1 and (batch_size is None or batch_size % world):
-            raise ValueError(f"batch size {batch_size} must be a multiple of the {world} processes")
-        self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
-        self.batch_size, self.rank, self.world = batch_size, rank, world
-
-    def _indices(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        perm = torch.randperm(self.n, generator=g)[self.start:].tolist()
-        if self.world == 1:
-            return perm
-        assert self.batch_size is not None
-        part = self.batch_size // self.world
-        out: list[int] = []
-        for b in range(len(perm) // self.batch_size):
-            base = b * self.batch_size + self.rank * part
-            out.extend(perm[base:base + part])
-        return out
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._indices())
-
-    def __len__(self) -> int:
-        return len(self._indices()) if self.world > 1 else self.n - self.start
-
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
@@ -230,7 +196,7 @@ def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.D
     try:
         while (progress < 1) if time_budget else (step < (total_steps or 0)):
             epoch, offset = divmod(step, steps_per_epoch)
-            for images, bad in _epoch_batches(dataset, cfg, epoch, offset, steps_per_epoch, per_rank, info):
+            for images, bad in epoch_batches(dataset, cfg, epoch, offset, steps_per_epoch, per_rank, info):
                 if bad:
                     new = set(bad) - bad_files
                     bad_files |= new
@@ -360,38 +326,6 @@ def _sync(values: torch.Tensor, info: D.DistInfo, device: torch.device) -> torch
     D.dist.all_reduce(v)
     v[0] /= info.world
     return v.cpu()
-
-
-def _epoch_batches(dataset: Dataset | TarShards, cfg: PretrainConfig, epoch: int, offset: int,
-                   steps: int, per_rank: int, info: D.DistInfo) -> Iterator[tuple[torch.Tensor, list[str]]]:
-    """This process's batches of one epoch, from step `offset` on."""
-    if isinstance(dataset, TarShards):
-        dataset.set_epoch(epoch, info.rank, info.world)
-        loader = DataLoader(dataset, batch_size=per_rank, num_workers=cfg.workers, collate_fn=collate)
-        skip = offset  # a stream cannot seek: exact resume re-reads (without training on) the first batches
-    else:
-        sampler = EpochSampler(len(dataset), cfg.seed, epoch, offset * cfg.global_batch,  # type: ignore[arg-type]
-                               cfg.global_batch, info.rank, info.world)
-        if isinstance(dataset, CachedImages):  # decoded already: one gather per batch, no loader
-            order = list(sampler)
-            for b in range(min(len(order) // per_rank, steps - offset)):
-                yield dataset.get_batch(order[b * per_rank:(b + 1) * per_rank]), []
-            return
-        loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=True,
-                            num_workers=cfg.workers, collate_fn=collate)
-        skip = 0
-    done = offset
-    for i, (images, _, bad) in enumerate(loader):
-        if i < skip:
-            continue
-        if info.enabled and len(images) < per_rank and len(images) > 0:
-            # Processes must keep equal batch shapes: repeat readable images in place of unreadable ones.
-            reps = -(-per_rank // len(images))
-            images = images.repeat(reps, *[1] * (images.dim() - 1))[:per_rank]
-        yield images, bad
-        done += 1
-        if done >= steps:
-            return
 
 
 def _flops_per_sample(method: Method, dataset: Dataset | TarShards, cfg: PretrainConfig,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgessl.edge_runtime.fewshot.crops import decode_crop, encode_crop
-from edgessl.edge_runtime.fewshot.gallery import Embedder
+from edgessl.edge_runtime.fewshot.reembed import Embedder
 from edgessl.errors import EdgesslError
 
 log = logging.getLogger(__name__)

@@ -27,13 +27,9 @@ from edgessl.edge_runtime.daemon.pipeline import crop
 from edgessl.edge_runtime.daemon.storage import Storage
 from edgessl.edge_runtime.daemon.streams import CameraStream, State
 from edgessl.edge_runtime.fewshot.calibration import ClassThreshold
-from edgessl.edge_runtime.fewshot.gallery import (
-    Gallery,
-    GalleryStorageError,
-    decode_crop,
-    label_key,
-    normalize_label,
-)
+from edgessl.edge_runtime.fewshot.crops import decode_crop
+from edgessl.edge_runtime.fewshot.gallery import Gallery, GalleryStorageError
+from edgessl.edge_runtime.fewshot.labels import label_key, normalize_label
 from edgessl.edge_runtime.fewshot.quality import StopRule, check_shot, class_quality
 from edgessl.errors import EdgesslError, GalleryError
 

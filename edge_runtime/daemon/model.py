@@ -135,9 +135,9 @@ class ModelService:
             from edgessl.edge_runtime.device.profiles import load_profile
             from edgessl.edge_runtime.device.slots import PROFILE_FILE, active_model
 
-            if m.backend is None and m.precision is None and \
-                    Path(bundle_dir).resolve() == Path(active_model(m.root).bundle_dir).resolve():
-                plan = active_model(m.root).plan
+            active = active_model(m.root) if m.backend is None and m.precision is None else None
+            if active is not None and Path(bundle_dir).resolve() == Path(active.bundle_dir).resolve():
+                plan = active.plan  # what the installer's health check verified
             else:
                 plan = choose(bundle.manifest, load_profile(Path(m.root) / PROFILE_FILE), **explicit)
         else:

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from edgessl.synthetic import write_image_set
+from edgessl.train.batches import EpochSampler
 from edgessl.train.checkpoint import load_checkpoint
-from edgessl.train.pretrain import EpochSampler, PretrainConfig, pretrain
+from edgessl.train.pretrain import PretrainConfig, pretrain
 
 
 def records(run):
