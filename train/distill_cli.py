@@ -25,11 +25,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of the similarity-structure loss (default: 1.0)")
     p.add_argument("--qat-fraction", type=float, default=0.0,
                    help="share of training, at the end, with 8-bit fake-quantized activations (default: 0)")
+    p.add_argument("--init-from-teacher", action="store_true",
+                   help="start a student of the teacher's own architecture from the teacher's weights: a "
+                   "fine-tune towards the device (e.g. with --qat-fraction) that loses nothing to a short budget")
     p.set_defaults(method="distill")
 
 
 def run(args: argparse.Namespace) -> int:
     args.method = "distill"
     args.method_opt = [*args.method_opt, ("teacher", str(args.teacher)),
-                       ("relation_weight", args.relation_weight), ("qat_fraction", args.qat_fraction)]
+                       ("relation_weight", args.relation_weight), ("qat_fraction", args.qat_fraction),
+                       ("init_from_teacher", args.init_from_teacher)]
     return pretrain_cli.run(args)

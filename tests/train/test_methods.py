@@ -130,3 +130,19 @@ def test_distill_can_start_from_the_teachers_weights(teacher):
     with pytest.raises(ValueError, match="teacher's architecture"):
         create_method("distill", create_backbone("mobilenetv3_small"), ViewConfig(size=SIZE), teacher=str(teacher),
                       init_from_teacher=True)
+
+
+def test_distill_cli_passes_init_from_teacher(monkeypatch):
+    import argparse
+
+    from edgessl.train import cli as pretrain_cli
+    from edgessl.train import distill_cli
+
+    seen = {}
+    monkeypatch.setattr(pretrain_cli, "run", lambda args: seen.update(dict(args.method_opt)) or 0)
+    p = argparse.ArgumentParser()
+    distill_cli.add_arguments(p)
+    for flags, expected in (([], False), (["--init-from-teacher"], True)):
+        args = p.parse_args(["--teacher", "t.pt", "--student", "resnet_tiny", "--data", "d", "--out", "o", *flags])
+        assert distill_cli.run(args) == 0
+        assert seen["init_from_teacher"] is expected and seen["teacher"] == "t.pt"
