@@ -1,7 +1,8 @@
 """`make bench`: every benchmark in turn, each writing its section of docs/benchmarks.md.
 
 The whole set takes hours on a 2-core CPU (SSL methods about 2.5 h, the daemon about 25 min,
-CIFAR few-shot 20 min, export formats about 30 min). Pass names to run a subset:
+CIFAR few-shot 20 min, export formats about 30 min, this CPU against AVX2 about 5 min after
+`make demo`). Pass names to run a subset:
 
     python bench/run_all.py fewshot_cifar export_formats
 """
@@ -12,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["fewshot_cifar", "export_formats", "daemon", "ssl_methods"]
+BENCHES = ["fewshot_cifar", "export_formats", "daemon", "ssl_methods", "isa"]
 
 
 def main() -> None:
