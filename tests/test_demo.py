@@ -41,6 +41,8 @@ def test_demo_runs_the_product_path(tmp_path):
                        r"artifact onnxruntime/onnx\S* \(\w+\) \| latency p50 [\d.]+ ms p99 [\d.]+ ms .* wall \d+ s$",
                        text, re.M)
     assert result, text[-2000:]
+    # Held-out accuracy is the head's choice; the calibrated rejections are counted apart.
+    assert re.search(r"^held-out: \d+ images never enrolled, .* \d+ of them \([\d.]+%\) fall below", text, re.M)
     assert "video rule:" in text and re.search(r"page: http://127\.0\.0\.1:\d+/", text)
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
     assert {a["name"] for a in manifest["artifacts"]} >= {"onnx"}
