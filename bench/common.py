@@ -14,6 +14,10 @@ from pathlib import Path
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 HEADER = "# Benchmarks\n\nEvery section is written by the script named in it; rerun it to refresh the figures.\n"
+# The reference edge CPU (AVX2 without VNNI, AVX-512 or AMX) on a CPU that has more: oneDNN (torch's
+# CPU convolutions and matmuls) and OpenVINO's CPU plugin use AVX2 code only. Read at start-up,
+# so set it in the environment of a child process (or before torch is imported).
+AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "OV_CPU_MAX_ISA": "AVX2"}
 
 
 def cifar10() -> Path:

@@ -24,12 +24,12 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cifar10, write_section  # noqa: E402
+from common import AVX2_ENV, cifar10, write_section  # noqa: E402
 
 # OpenVINO's CPU plugin caps its own kernels with OV_CPU_MAX_ISA and must be given the same value
 # as oneDNN: with ONEDNN_MAX_CPU_ISA alone, OpenVINO 2026.4 fails to compile on an AVX-512 CPU
 # ("object is not initialized"). torch reads only the oneDNN variable.
-AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "OV_CPU_MAX_ISA": "AVX2"}
+AVX2 = AVX2_ENV
 
 # Run in a child process so that the environment variable is read before oneDNN starts.
 TIMER = r"""

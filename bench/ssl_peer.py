@@ -164,6 +164,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-ssl-peer")
     p.add_argument("--edgessl-args", default="", help="extra `edgessl pretrain` arguments, space separated")
     p.add_argument("--no-write", action="store_true", help="print the table, leave docs/benchmarks.md alone")
+    p.add_argument("--avx2", action="store_true",
+                   help="hold oneDNN to AVX2 for both libraries (bench/common.py AVX2_ENV), the reference edge CPU; "
+                        "written to its own section")
     p.add_argument("--peer-worker", action="store_true", help=argparse.SUPPRESS)  # inside runs/peer-venv
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -172,10 +175,16 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(ROOT / "bench"))
-    from common import cifar10, write_section
+    from common import AVX2_ENV, cifar10, write_section
 
     cifar = cifar10()
     python = ensure_peer_venv()
+    if args.avx2:
+        # Both children inherit it: torch's oneDNN kernels (convolutions, matmuls) stop at AVX2, and
+        # edgessl's `--precision auto` then resolves to fp32, as on a CPU without native bf16.
+        os.environ.update(AVX2_ENV)
+        if args.out == p.get_default("out"):
+            args.out = args.out.with_name(args.out.name + "-avx2")
     peer_dir, ours_dir = args.out / "lightly", args.out / "edgessl"
     runs: dict[str, dict[str, Any]] = {}
 
@@ -212,7 +221,8 @@ def main() -> None:
 
     a, b = runs["edgessl"], runs["lightly"]
     body = (
-        f"## edgessl against lightly (SimCLR, {args.minutes:g} min each)\n\n"
+        f"## edgessl against lightly (SimCLR, {args.minutes:g} min each"
+        f"{', oneDNN held to AVX2' if args.avx2 else ''})\n\n"
         f"Same `resnet_tiny`, same data (CIFAR-10 `train/`, labels ignored), batch {args.batch_size}, "
         f"{args.minutes:g} minutes of training each, one after the other on this machine. lightly 1.6.0 "
         f"(torch {stats['torch']}) as in its CIFAR-10 example ({args.peer_workers} loader workers); edgessl "
@@ -238,7 +248,7 @@ def main() -> None:
     )
     print(body)
     if not args.no_write:
-        write_section("ssl-peer", body)
+        write_section("ssl-peer-avx2" if args.avx2 else "ssl-peer", body)
 
 
 if __name__ == "__main__":
