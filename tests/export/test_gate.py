@@ -154,10 +154,12 @@ def test_entropy_and_percentile_calibration_give_other_ranges_than_minmax(checkp
 
     minmax, entropy, percentile = scales("minmax"), scales("entropy"), scales("percentile")
     assert minmax.keys() == entropy.keys() == percentile.keys()
-    # Both clip outliers: activation ranges no wider than min/max, and some narrower.
+    # Both clip outliers: activation ranges no wider than min/max, and some narrower. Percentile
+    # keeps 99.999% of the values of 21 small images, so it trims only the extreme tail (0.3%
+    # narrower here); identical ranges would be ratios of 1 +- 1e-5.
     for other in (entropy, percentile):
         assert all(other[k] <= minmax[k] * (1 + 1e-5) for k in minmax)
-        assert any(other[k] < minmax[k] * 0.99 for k in minmax)
+        assert any(other[k] < minmax[k] * 0.999 for k in minmax)
 
 
 @pytest.mark.skipif(nvidia_gpu(), reason="a GPU is present: TensorRT artifacts are checked with TensorRT here")
