@@ -16,7 +16,9 @@ SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 HEADER = "# Benchmarks\n\nEvery section is written by the script named in it; rerun it to refresh the figures.\n"
 # The reference edge CPU (AVX2 without VNNI, AVX-512 or AMX) on a CPU that has more: oneDNN (torch's
 # CPU convolutions and matmuls) and OpenVINO's CPU plugin use AVX2 code only. Read at start-up,
-# so set it in the environment of a child process (or before torch is imported).
+# so set it in the environment of a child process (or before torch is imported). OpenVINO's plugin
+# needs its own variable with the same value: with ONEDNN_MAX_CPU_ISA alone, OpenVINO 2026.4 fails
+# to compile on an AVX-512 CPU ("object is not initialized"). torch reads only the oneDNN one.
 AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "OV_CPU_MAX_ISA": "AVX2"}
 
 

@@ -26,11 +26,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import AVX2_ENV, cifar10, write_section  # noqa: E402
 
-# OpenVINO's CPU plugin caps its own kernels with OV_CPU_MAX_ISA and must be given the same value
-# as oneDNN: with ONEDNN_MAX_CPU_ISA alone, OpenVINO 2026.4 fails to compile on an AVX-512 CPU
-# ("object is not initialized"). torch reads only the oneDNN variable.
-AVX2 = AVX2_ENV
-
 # Run in a child process so that the environment variable is read before oneDNN starts.
 TIMER = r"""
 import json, sys, time, numpy as np
@@ -98,7 +93,7 @@ def main() -> None:
     train = cifar10() / "train"
     rows = [train_row(train, args.minutes, "this CPU, --precision auto", [], {}),
             train_row(train, args.minutes, "this CPU, --precision fp32", ["--precision", "fp32"], {}),
-            train_row(train, args.minutes, "oneDNN held to AVX2, --precision auto", [], AVX2)]
+            train_row(train, args.minutes, "oneDNN held to AVX2, --precision auto", [], AVX2_ENV)]
     base = float(rows[1]["img_s"])  # type: ignore[arg-type]
     lines = [f"**Training** (`edgessl pretrain --data cifar10/train --minutes {args.minutes:g}`, SimCLR, "
              "`resnet_tiny` 32x32, batch 128; img/s at the end of the run, one run after the other):", "",
@@ -114,7 +109,7 @@ def main() -> None:
               "| engine | precision | this CPU img/s | oneDNN held to AVX2 img/s | AVX2 / this CPU |", "|---|---|---|---|---|"]
     for engine in ("onnxruntime", "openvino"):
         for precision, path in files.items():
-            here, avx2 = infer(engine, path, {}, args.seconds), infer(engine, path, AVX2, args.seconds)
+            here, avx2 = infer(engine, path, {}, args.seconds), infer(engine, path, AVX2_ENV, args.seconds)
             print(f"{engine} {precision}: {here:.0f} img/s here, {avx2:.0f} with AVX2 held", flush=True)
             lines.append(f"| {engine} | {precision} | {here:.0f} | {avx2:.0f} | {avx2 / here:.2f}x |")
     lines += ["", "ONNX Runtime's CPU kernels (MLAS) choose their instructions themselves and ignore "

@@ -8,8 +8,8 @@ at least 20% of the image) and trains for the same wall-clock budget, one after 
 machine, the defaults among them so that every row compares within one invocation. Each run is
 then evaluated by `edgessl eval fewshot` (5-way 5-shot, supports from train/, queries from test/)
 and `edgessl eval knn` (k=200, T=0.1, all of train/ -> test/). The table goes to
-docs/benchmarks.md, section `recipes-<minutes>min`; a default only changes when a row beats it by
-more than the interval.
+docs/benchmarks.md, section `recipes-<minutes>min` (`-avx2` with --avx2, as `make bench` runs it); a
+default only changes when a row beats it by more than the interval.
 """
 
 from __future__ import annotations
