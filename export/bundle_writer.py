@@ -25,6 +25,7 @@ from edgessl.edge_runtime.bundle.manifest import (
     write_manifest,
 )
 from edgessl.edge_runtime.device.profiles import DeviceProfile, resolve_profile
+from edgessl.edge_runtime.fewshot.cohort import COHORT_IMAGES, MIN_COHORT
 from edgessl.edge_runtime.fewshot.prototypes import evaluate_episodes
 from edgessl.edge_runtime.inference.backends import load_backend
 from edgessl.edge_runtime.inference.parity import DEFAULT_MIN_COSINE, golden_agreement, passes
@@ -122,7 +123,7 @@ def export_bundle(checkpoint: Path, out: Path, *, formats: list[str] | None = No
                   eval_query: Path | None = None, eval_support: Path | None = None, eval_per_class: int = 100,
                   devices: list[str] | None = None, keep_failed: bool = False, threads: int | None = None,
                   name: str | None = None, version: int = 1, min_cosine: float = 0.9999,
-                  force: bool = False) -> Path:
+                  force: bool = False, cohort: bool = True) -> Path:
     ckpt = load_checkpoint(checkpoint)
     if "center" not in ckpt:
         raise EdgesslError(f"{checkpoint}: training did not finish (no centring vector); finish or resume it")
@@ -143,8 +144,15 @@ def export_bundle(checkpoint: Path, out: Path, *, formats: list[str] | None = No
     # Real images through the device's preprocessing: parity, calibration (others), few-shot.
     check = device_inputs(real_images(ckpt, data, size), spec)
     calib_inputs = check
+    cohort_inputs = None
     if calib is not None:
         calib_inputs = device_inputs(sample_images(calib, size, calib_size), spec)
+    if cohort and calib is not None and len(calib_inputs) >= MIN_COHORT:
+        # The unlabelled calibration images double as the cohort that normalises unknown scores.
+        cohort_inputs = calib_inputs[:COHORT_IMAGES]
+    elif cohort:
+        log.warning("no cohort in the bundle: it needs --calib DIR with at least %d images; calibrated "
+                    "classification on the device then compares plain cosines", MIN_COHORT)
     elif any(f not in ("onnx", "onnx-fp16", "openvino", "tensorrt-fp16") for f in wanted):
         log.warning("no --calib DIR: INT8 calibration uses the %d sample images of the checkpoint", len(check))
     eval_set = None
@@ -198,6 +206,11 @@ def export_bundle(checkpoint: Path, out: Path, *, formats: list[str] | None = No
             raise EdgesslError(f"the fp32 ONNX model failed its own check: {rows[0].reason}; bundle not written")
 
         np.save(tmp / "center.npy", center)
+        cohort_file = None
+        if cohort_inputs is not None:
+            # The fp32 model's embeddings: every artifact passed parity with it, so its cohort is theirs.
+            np.save(tmp / "cohort.npy", torch_embeddings(model, cohort_inputs).astype(np.float32))
+            cohort_file = "cohort.npy"
         np.savez(tmp / "golden.npz", inputs=check[:GOLDEN_IMAGES], embeddings=reference[:GOLDEN_IMAGES])
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         manifest = Manifest(
@@ -205,7 +218,7 @@ def export_bundle(checkpoint: Path, out: Path, *, formats: list[str] | None = No
             model=ModelInfo(name=name or Path(cfg["out"]).name, version=version, backbone=cfg["backbone"],
                             method=cfg["method"]),
             preprocess=spec, embedding_dim=int(ckpt["embedding_dim"]), center="center.npy",
-            golden="golden.npz", artifacts=artifacts, files={f: file_entry(tmp / f) for f in files},
+            golden="golden.npz", cohort=cohort_file, artifacts=artifacts, files={f: file_entry(tmp / f) for f in files},
             profiles=[p.name for p in profiles], defaults=_defaults(profiles, artifacts, rows), report=rows,
             report_machine=_machine(threads),
         )

@@ -42,8 +42,9 @@ def tiny_onnx_model(dim: int = TINY_DIM, seed: int = 0) -> bytes:
     return model.SerializeToString()
 
 
-def build_tiny_bundle(root: Path, *, seed: int = 0, version: int = 1) -> Path:
-    """Write model.onnx, center.npy, golden.npz and manifest.json into `root`."""
+def build_tiny_bundle(root: Path, *, seed: int = 0, version: int = 1, cohort: bool = False) -> Path:
+    """Write model.onnx, center.npy, golden.npz (and with `cohort`, cohort.npy: the embeddings of
+    the "pretraining" images) and manifest.json into `root`."""
     import onnxruntime as ort
 
     from edgessl.edge_runtime.bundle.manifest import (
@@ -62,10 +63,14 @@ def build_tiny_bundle(root: Path, *, seed: int = 0, version: int = 1) -> Path:
     rng = np.random.default_rng(seed)
     # Centre: the mean embedding of random "pretraining" images.
     base = rng.standard_normal((64, 3, *TINY_SIZE)).astype(np.float32)
-    np.save(root / "center.npy", session.run(None, {"input": base})[0].mean(axis=0))
+    base_emb = session.run(None, {"input": base})[0]
+    np.save(root / "center.npy", base_emb.mean(axis=0))
     golden_inputs = rng.standard_normal((2, 3, *TINY_SIZE)).astype(np.float32)
     np.savez(root / "golden.npz", inputs=golden_inputs, embeddings=session.run(None, {"input": golden_inputs})[0])
     files = ["model.onnx", "center.npy", "golden.npz"]
+    if cohort:
+        np.save(root / "cohort.npy", base_emb)
+        files.append("cohort.npy")
     manifest = Manifest(
         created_at=now_iso(),
         model=ModelInfo(name="tiny", version=version, backbone="conv3x3", method="none"),
@@ -73,6 +78,7 @@ def build_tiny_bundle(root: Path, *, seed: int = 0, version: int = 1) -> Path:
         embedding_dim=TINY_DIM,
         center="center.npy",
         golden="golden.npz",
+        cohort="cohort.npy" if cohort else None,
         artifacts=[Artifact(format="onnx", precision="fp32", file="model.onnx")],
         files={name: file_entry(root / name) for name in files},
     )
@@ -82,8 +88,8 @@ def build_tiny_bundle(root: Path, *, seed: int = 0, version: int = 1) -> Path:
 
 @pytest.fixture
 def make_bundle(tmp_path: Path) -> Callable[..., Path]:
-    """Factory: make_bundle(name="bundle", seed=0, version=1) -> a fresh bundle directory."""
-    def make(name: str = "bundle", **kwargs: int) -> Path:
+    """Factory: make_bundle(name="bundle", seed=0, version=1, cohort=False) -> a fresh bundle directory."""
+    def make(name: str = "bundle", **kwargs: int | bool) -> Path:
         return build_tiny_bundle(tmp_path / name, **kwargs)
     return make
 

@@ -46,4 +46,5 @@ def test_demo_runs_the_product_path(tmp_path):
     assert "video rule:" in text and re.search(r"page: http://127\.0\.0\.1:\d+/", text)
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
     assert {a["name"] for a in manifest["artifacts"]} >= {"onnx"}
+    assert manifest["cohort"] == "cohort.npy"  # calibrated on the unlabeled renders, so it has a cohort
     assert (out / "bundle" / "manifest.sig").is_file() and (out / "device" / "current").exists()

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgessl.edge_runtime.fewshot.cohort import COHORT_IMAGES
+
 
 def _common(p: argparse.ArgumentParser, per_class_default: int | None, per_class_help: str) -> None:
     p.add_argument("checkpoint", type=Path, help="checkpoint file or run folder")
@@ -77,6 +79,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--background", type=int, default=0, metavar="M",
                    help="also calibrate on M support images of half of the non-enrolled classes, which are "
                    "then left out of the unknown queries (default: 0, the gallery alone)")
+    o.add_argument("--cohort", type=int, default=COHORT_IMAGES, metavar="M",
+                   help="normalise the scores by a cohort of M unlabelled support images, never enrolled, "
+                   "as the device does with the bundle's cohort.npy (default: %(default)s, as many as "
+                   "`edgessl export` writes; 0: no cohort)")
 
 
 def _openset_text(r: dict[str, Any], kind: str) -> str:
@@ -87,9 +93,15 @@ def _openset_text(r: dict[str, Any], kind: str) -> str:
     return "\n".join([
         f"open set ({kind}): {r['known']} classes enrolled with {r['shot']} shots, {r['queries']} queries of "
         f"{len(r['classes'])} classes, {r['splits']} splits" + (f", {r['background']} background images"
-                                                                 if r["background"] else ""),
+                                                                 if r["background"] else "")
+        + (f", a cohort of {r['cohort']} images" if r["cohort"] else ", no cohort"),
         f"  AUROC          calibrated {f('auroc_calibrated', False)}   global {f('auroc_global', False)}",
         f"  FAR @ 95% TAR  calibrated {f('far95_calibrated')}   global {f('far95_global')}",
+        f"  calibrated vs global on the same splits: AUROC {r['auroc_gain']['mean']:+.3f} ± "
+        f"{r['auroc_gain']['ci95']:.3f}, FAR @ 95% TAR {-100 * r['far95_gain']['mean']:+.1f} ± "
+        f"{100 * r['far95_gain']['ci95']:.1f} points",
+        f"  of which the cohort alone (one threshold on the normalised score): AUROC {f('auroc_cohort', False)}, "
+        f"FAR @ 95% TAR {f('far95_cohort')}",
         f"  oracle (per-class thresholds read off the queries, the most calibration could do): "
         f"AUROC {f('auroc_oracle', False)}, FAR @ 95% TAR {f('far95_oracle')}",
         f"  at the thresholds: calibrated TAR {f('tar_calibrated')} FAR {f('far_calibrated')} "
@@ -108,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if args.kind == "openset":
         s, test = ev.encode_pair(args.support, args.query, args.per_class, args.seed)
         r = E.openset(ev, s, test, known=args.known, shot=args.shot, splits=args.splits, seed=args.seed,
-                      fallback=args.threshold, background=args.background)
+                      fallback=args.threshold, background=args.background, cohort=args.cohort)
         line = _openset_text(r, kind)
     elif args.kind == "fewshot" and args.head != "prototype":
         s, test = ev.encode_pair(args.support, args.query, args.per_class, args.seed)

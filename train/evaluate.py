@@ -242,15 +242,15 @@ def fewshot_heads(ev: Evaluator, support: Encoded, query: Encoded, *, way: int, 
 # ---------------------------------------------------------------- open set
 
 def openset(ev: Evaluator, support: Encoded, query: Encoded, *, known: int, shot: int, splits: int, seed: int,
-            fallback: float, background: int) -> dict[str, Any]:
+            fallback: float, background: int, cohort: int = 0) -> dict[str, Any]:
     """AUROC, FAR at 95% TAR and operating points of calibrated vs global thresholds (the device's
     calibration code), averaged over random splits into `known` enrolled and unknown classes."""
     from edgessl.edge_runtime.fewshot.openset import evaluate_openset, summarize
 
     results = evaluate_openset(support.features, support.labels, query.features, query.labels, known=known,
                                shot=shot, splits=splits, seed=seed, center=ev.center(support),
-                               fallback=fallback, background=background)
+                               fallback=fallback, background=background, cohort=cohort)
     return {"checkpoint": str(ev.path), "random_weights": ev.random_weights, "known": known, "shot": shot,
-            "splits": splits, "fallback": fallback, "background": background, "queries": len(query.labels),
+            "splits": splits, "fallback": fallback, "background": background, "cohort": cohort, "queries": len(query.labels),
             "classes": support.class_names,
             **{name: {"mean": m, "ci95": c} for name, (m, c) in summarize(results).items()}}

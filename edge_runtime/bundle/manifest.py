@@ -105,6 +105,9 @@ class Manifest(StrictModel):
     embedding_dim: int = Field(ge=1)
     center: str = Field(description="npy file: mean embedding of the pretraining data")
     golden: str = Field(description="npz file: inputs and their fp32 embeddings (health check)")
+    cohort: str | None = Field(None, description=(
+        "npy file (M, D): fp32 embeddings of unlabelled pretraining images that normalise the scores of "
+        "calibrated classification (edge_runtime.fewshot.cohort); absent: scores are plain cosines"))
     artifacts: list[Artifact] = Field(min_length=1)
     files: dict[str, FileEntry] = Field(description="every file of the bundle but the manifest")
     profiles: list[str] = Field(default_factory=list, description="device profiles it was built for")
@@ -113,10 +116,10 @@ class Manifest(StrictModel):
     report: list[ReportRow] = Field(default_factory=list, description="the export's parity and speed report")
     report_machine: str = Field("", description="where the report's speed figures were measured")
 
-    @field_validator("center", "golden")
+    @field_validator("center", "golden", "cohort")
     @classmethod
-    def _paths(cls, v: str) -> str:
-        return _safe_relpath(v)
+    def _paths(cls, v: str | None) -> str | None:
+        return None if v is None else _safe_relpath(v)
 
     @field_validator("files")
     @classmethod
@@ -197,6 +200,8 @@ def load_bundle(root: str | Path) -> Bundle:
         raise BundleError(f"{root}: bundle directory not found")
     manifest = read_manifest(root)
     referenced = {manifest.center, manifest.golden, *(a.file for a in manifest.artifacts)}
+    if manifest.cohort is not None:
+        referenced.add(manifest.cohort)
     unlisted = sorted(referenced - manifest.files.keys())
     if unlisted:
         raise BundleError(f"{root}: manifest references files without a checksum: {', '.join(unlisted)}")

@@ -55,7 +55,9 @@ class LoadedModel:
                 "fingerprint": self.extractor.fingerprint, "bundle": str(self.bundle.root),
                 "embedding_dim": m.embedding_dim, "generation": self.generation,
                 "backend": self.plan.backend, "artifact": self.plan.artifact.label,
-                "precision": self.plan.precision, "threads": self.plan.threads, "why": self.plan.reason}
+                "precision": self.plan.precision, "threads": self.plan.threads, "why": self.plan.reason,
+                # How many unlabelled images calibrated decisions are normalised by (0: plain cosines).
+                "cohort": 0 if self.extractor.cohort is None else len(self.extractor.cohort)}
 
     @property
     def tag(self) -> str:

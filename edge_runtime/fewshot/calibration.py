@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgessl.edge_runtime.fewshot.cohort import Cohort
 from edgessl.edge_runtime.fewshot.prototypes import center_normalize
 from edgessl.errors import GalleryError
 
@@ -140,12 +141,15 @@ def calibrate_thresholds(
     *,
     fallback: float = 0.5,
     min_exemplars: int = MIN_EXEMPLARS,
+    cohort: Cohort | None = None,
 ) -> list[ClassThreshold]:
     """Per-class thresholds, sorted by label, from the positive exemplars' raw embeddings.
 
     labels: (N,) the class of each row of embeddings (N, D); center: the model's centring
     vector (None: only L2-normalise); background: optional (M, D) raw embeddings of frames
-    with nothing enrolled in them. A pure function: the same gallery gives the same figures."""
+    with nothing enrolled in them; cohort: the bundle's cohort, when the classifier normalises its
+    scores with it (cohort.py), so that the thresholds apply to the same scores. A pure function:
+    the same gallery gives the same figures."""
     emb = np.asarray(embeddings, np.float32)
     labels_arr = np.asarray(list(labels))
     if emb.ndim != 2 or len(labels_arr) != len(emb):
@@ -170,6 +174,11 @@ def calibrate_thresholds(
     genuine = loo_genuine_scores(x, inverse, len(unique))
     to_protos = (x @ protos.T).astype(np.float64)  # (N, C)
     bg_to_protos = (b @ protos.T).astype(np.float64) if len(b) else np.zeros((0, len(unique)))
+    if cohort is not None:  # the thresholds hold the scores the classifier will compute: normalised alike
+        x_off = cohort.offsets(x).astype(np.float64)
+        genuine, to_protos = genuine - x_off, to_protos - x_off[:, None]
+        if len(b):
+            bg_to_protos = bg_to_protos - cohort.offsets(b).astype(np.float64)[:, None]
 
     # The impostors of class c: the views it would wrongly accept first, i.e. every exemplar of
     # another class whose nearest *wrong* prototype is c, and every background embedding whose

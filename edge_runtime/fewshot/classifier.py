@@ -5,7 +5,9 @@ The head is the nearest centred prototype with few exemplars and a ridge classif
 the gallery with more (head.py, `auto` chooses by leave-one-out). The thresholds are calibrated
 per class from the gallery (and optional background embeddings, calibration.py); a class with
 too few exemplars to calibrate keeps the global threshold. Both are refitted when the gallery
-changes (milliseconds), never at enrollment time.
+changes (milliseconds), never at enrollment time. With calibration on and a cohort in the bundle,
+every score is first normalised by the cohort (cohort.py: how much closer the query is to the
+class than to images in general); the thresholds are calibrated on scores normalised alike.
 
 Negative examples ("this is not X"): a query that is closer (centred cosine) to one of X's
 negative examples than to X's prototype is not X; X's score becomes -1 for that query.
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgessl.edge_runtime.fewshot.calibration import MIN_EXEMPLARS, ClassThreshold, calibrate_thresholds
+from edgessl.edge_runtime.fewshot.cohort import Cohort
 from edgessl.edge_runtime.fewshot.gallery import Gallery
 from edgessl.edge_runtime.fewshot.head import HEADS, Head, fit_head
 from edgessl.edge_runtime.fewshot.labels import UNKNOWN, validate_label
@@ -37,7 +40,8 @@ VETOED = -1.0  # the score of a class that a negative example rules out
 @dataclass(frozen=True)
 class Prediction:
     label: str  # the chosen class, or "unknown" below its threshold or with an empty gallery
-    score: float  # centred cosine to the chosen class's prototype (0.0 with an empty gallery)
+    score: float  # centred cosine to the chosen class's prototype, cohort-normalised when calibrated
+    # (0.0 with an empty gallery)
     nearest: str | None  # the chosen class even when label is "unknown"; None with an empty gallery
     threshold: float | None = None  # the chosen class's threshold that `score` was held against
 
@@ -50,7 +54,8 @@ class ClassScores:
     of `thresholds`; `decisions()` is the per-frame decision without smoothing."""
 
     labels: list[str]  # (C,) the enrolled classes, sorted
-    scores: np.ndarray  # (N, C) centred cosine of each query to each prototype; VETOED by a negative
+    scores: np.ndarray  # (N, C) centred cosine of each query to each prototype (cohort-normalised when
+    # calibrated); VETOED by a negative
     thresholds: np.ndarray | None = None  # (C,) each class's threshold on `scores`
     chosen: np.ndarray | None = None  # (N,) the head's class index per query (None: argmax of scores)
 
@@ -91,7 +96,8 @@ class FewShotClassifier:
     threshold: the global threshold, used for every class with `calibrated=False` and as the
     fallback for classes with fewer than `min_exemplars` exemplars with `calibrated=True`
     (off by default so that existing callers keep their behaviour; the daemon and `edgessl
-    classify` turn it on). head: "prototype",
+    classify` turn it on). calibrated=True also normalises the scores by the extractor's cohort
+    when its bundle has one. head: "prototype",
     "fitted" or "auto" (head.py). background: optional (M, D) raw embeddings of what the cameras
     see when nothing enrolled is there (also `set_background`)."""
 
@@ -111,6 +117,8 @@ class FewShotClassifier:
         self._background: np.ndarray | None = None
         self._background_revision = 0
         self._cache: _Prototypes | None = None
+        cohort = getattr(extractor, "cohort", None)
+        self.cohort = Cohort.from_embeddings(cohort, extractor.center) if calibrated and cohort is not None else None
         self.set_background(background)
         # Exemplars enrolled with an earlier model are re-embedded from their stored crops (the
         # daemon passes reembed=False: it re-embeds in the background, in batches).
@@ -159,7 +167,8 @@ class FewShotClassifier:
                 unique, protos = head.labels, head.protos
                 if self.calibrated:
                     thresholds = calibrate_thresholds(labels, emb, center, self._background,
-                                                      fallback=self.threshold, min_exemplars=self.min_exemplars)
+                                                      fallback=self.threshold, min_exemplars=self.min_exemplars,
+                                                      cohort=self.cohort)
                 else:
                     thresholds = [ClassThreshold(str(u), self.threshold, 1.0, False, "the global threshold "
                                                  "(calibration is off)") for u in unique]
@@ -188,7 +197,7 @@ class FewShotClassifier:
             return ClassScores(protos.labels, np.zeros((len(images), len(protos.labels)), np.float32),
                                thresholds, chosen)
         queries = center_normalize(self.extractor.embed(images, batch_size=batch_size), self.extractor.center)
-        table = self._score(queries, protos)
+        table = self._score(queries, protos, self.cohort)
         assert protos.head is not None
         chosen = protos.head.predict(queries) if protos.head.kind == "fitted" else table.argmax(axis=1)
         # A negative example that rules out the head's choice hands the query to the best cosine.
@@ -197,13 +206,15 @@ class FewShotClassifier:
         return ClassScores(protos.labels, table, thresholds, chosen)
 
     @staticmethod
-    def _score(queries: np.ndarray, protos: _Prototypes) -> np.ndarray:
-        scores = queries @ protos.protos.T  # (N, C)
+    def _score(queries: np.ndarray, protos: _Prototypes, cohort: Cohort | None) -> np.ndarray:
+        cosines = queries @ protos.protos.T  # (N, C)
+        scores = cohort.normalise(cosines, queries) if cohort is not None else cosines.copy()
         if len(protos.negatives):
+            # A negative rules a class out by plain cosines: the cohort shifts both sides alike.
             neg = queries @ protos.negatives.T  # (N, M)
             for c in np.unique(protos.negative_class):
                 closest = neg[:, protos.negative_class == c].max(axis=1)
-                scores[closest > scores[:, c], c] = VETOED
+                scores[closest > cosines[:, c], c] = VETOED
         return scores
 
     def classify(self, images: Sequence[np.ndarray], batch_size: int = 32) -> list[Prediction]:

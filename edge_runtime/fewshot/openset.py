@@ -5,8 +5,10 @@ query of every class is classified; queries of the other classes should come out
 The figures compare the two ways of deciding `unknown`:
 
 - global: the query's best centred cosine against one threshold for all classes;
-- calibrated: the same cosine against the chosen class's own threshold (calibration.py),
-  ranked by (cosine - threshold) / scale so that one sweep applies to every class.
+- cohort: the cosine normalised by the cohort (cohort.py), against one threshold;
+- calibrated: what the device decides by: the cosine (cohort-normalised when there is a cohort)
+  against the chosen class's own threshold (calibration.py), ranked by (score - threshold) /
+  scale so that one sweep applies to every class.
 
 AUROC and FAR at 95% TAR sweep the threshold (an offset to every class's threshold), so they
 rate the score, not one operating point; the operating-point figures (TAR, FAR, and the
@@ -14,7 +16,9 @@ accuracy of accepted known queries) are those of the fixed global threshold and 
 calibrated thresholds as they are. A true accept is a known-class query that is not labelled
 `unknown` (its class may still be wrong: `accuracy` says how often it is right).
 
-The server runs this on features of its checkpoint with the same functions the device uses.
+The server runs this on features of its checkpoint with the same functions the device uses; its
+cohort is a sample of the support images (unlabelled, never enrolled), as the bundle's is a sample
+of the pretraining images.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgessl.edge_runtime.fewshot.calibration import calibrate_thresholds
+from edgessl.edge_runtime.fewshot.cohort import Cohort
 from edgessl.edge_runtime.fewshot.prototypes import center_normalize, class_prototypes
 from edgessl.errors import GalleryError
 
@@ -67,6 +72,8 @@ class OpenSetSplit:
     auroc_calibrated: float
     far95_global: float  # FAR at 95% TAR
     far95_calibrated: float
+    auroc_cohort: float  # the cohort-normalised cosine against one threshold (= global without a cohort)
+    far95_cohort: float
     auroc_oracle: float  # per-class thresholds taken from the queries themselves: what calibration could reach
     far95_oracle: float
     tar_fixed: float  # at the fixed global threshold
@@ -77,25 +84,38 @@ class OpenSetSplit:
     accuracy_calibrated: float
     closed_accuracy: float  # known queries, nearest prototype, no unknown
 
+    @property
+    def auroc_gain(self) -> float:
+        """Calibrated less global on the same split: the paired difference, whose interval is narrow."""
+        return self.auroc_calibrated - self.auroc_global
 
-FIGURES = ("auroc_global", "auroc_calibrated", "far95_global", "far95_calibrated", "auroc_oracle", "far95_oracle",
-           "tar_fixed", "far_fixed",
+    @property
+    def far95_gain(self) -> float:
+        """Global less calibrated FAR at 95% TAR (positive: calibration accepts fewer unknowns)."""
+        return self.far95_global - self.far95_calibrated
+
+
+FIGURES = ("auroc_global", "auroc_calibrated", "far95_global", "far95_calibrated", "auroc_cohort", "far95_cohort",
+           "auroc_oracle", "far95_oracle",
+           "auroc_gain", "far95_gain", "tar_fixed", "far_fixed",
            "tar_calibrated", "far_calibrated", "accuracy_fixed", "accuracy_calibrated", "closed_accuracy")
 
 
 def _split(s: np.ndarray, s_labels: np.ndarray, q: np.ndarray, q_labels: np.ndarray, known: np.ndarray,
            shot: int, rng: np.random.Generator, fallback: float, background: np.ndarray | None,
-           unknown_mask: np.ndarray) -> OpenSetSplit:
-    rows = np.concatenate([rng.choice(np.flatnonzero(s_labels == c), shot, replace=False) for c in known])
+           unknown_mask: np.ndarray, cohort: Cohort | None, enrollable: np.ndarray) -> OpenSetSplit:
+    rows = np.concatenate([rng.choice(np.flatnonzero((s_labels == c) & enrollable), shot, replace=False)
+                           for c in known])
     names = np.array([str(v) for v in s_labels[rows]])
-    thresholds = calibrate_thresholds(names, s[rows], None, background, fallback=fallback)
+    thresholds = calibrate_thresholds(names, s[rows], None, background, fallback=fallback, cohort=cohort)
     unique, protos = class_prototypes(s[rows], names)
     t = np.array([th.threshold for th in thresholds])
     scale = np.array([th.scale for th in thresholds])
     sims = q @ protos.T
     idx = sims.argmax(axis=1)
     best = sims[np.arange(len(q)), idx]
-    calibrated = (best - t[idx]) / scale[idx]
+    normalised = best - cohort.offsets(q) if cohort is not None else best  # the argmax is the same
+    calibrated = (normalised - t[idx]) / scale[idx]
     is_known = np.isin(q_labels, known)
     evaluated = is_known | unknown_mask
     q_names = np.array([str(v) for v in q_labels])
@@ -122,6 +142,7 @@ def _split(s: np.ndarray, s_labels: np.ndarray, q: np.ndarray, q_labels: np.ndar
     kn, un = is_known & evaluated, unknown_mask
     return OpenSetSplit(np.asarray(known), auroc(best[kn], best[un]), auroc(calibrated[kn], calibrated[un]),
                         far_at_tar(best[kn], best[un]), far_at_tar(calibrated[kn], calibrated[un]),
+                        auroc(normalised[kn], normalised[un]), far_at_tar(normalised[kn], normalised[un]),
                         auroc(oracle[kn], oracle[un]), far_at_tar(oracle[kn], oracle[un]),
                         tar_f, far_f, tar_c, far_c, acc_f, acc_c, float(right[is_known].mean()))
 
@@ -139,8 +160,12 @@ def evaluate_openset(
     center: np.ndarray | None = None,
     fallback: float = 0.5,
     background: int = 0,
+    cohort: int = 0,
 ) -> list[OpenSetSplit]:
     """One result per random split of the classes into `known` enrolled and the rest unknown.
+
+    cohort > 0: that many support images, drawn once and never enrolled, are the cohort that
+    normalises the scores (cohort.py), as the bundle's cohort.npy does on the device.
 
     background > 0: that many support images of non-enrolled classes calibrate the thresholds as
     background frames; those classes (half of the non-enrolled ones) are then left out of the
@@ -155,6 +180,15 @@ def evaluate_openset(
     s = center_normalize(support_feats, center)
     q = center_normalize(query_feats, center)
     rng = np.random.default_rng(seed)
+    enrollable = np.ones(len(s), bool)
+    bank = None
+    if cohort > 0:
+        rows = rng.choice(len(s), min(cohort, len(s)), replace=False)
+        enrollable[rows] = False
+        bank = Cohort.from_embeddings(s[rows], None)
+        short = [c for c in classes if (s_labels[enrollable] == c).sum() < shot]
+        if short:
+            raise GalleryError(f"classes {short} have fewer than {shot} support images besides the cohort")
     out = []
     for _ in range(splits):
         perm = rng.permutation(classes)
@@ -171,7 +205,8 @@ def evaluate_openset(
         unknown_mask = np.isin(q_labels, unknown_classes)
         if not np.isin(q_labels, enrolled).any() or not unknown_mask.any():
             raise GalleryError("the query set needs images of the enrolled and of the unknown classes")
-        out.append(_split(s, s_labels, q, q_labels, enrolled, shot, rng, fallback, bg, unknown_mask))
+        out.append(_split(s, s_labels, q, q_labels, enrolled, shot, rng, fallback, bg, unknown_mask, bank,
+                          enrollable))
     return out
 
 

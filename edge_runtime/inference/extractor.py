@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
@@ -21,14 +22,20 @@ log = logging.getLogger(__name__)
 
 class FeatureExtractor:
     """Raw (uncentred) embeddings of BGR images, plus what is needed to compare them:
-    the centring vector and the fingerprint of the model that made them."""
+    the centring vector, the fingerprint of the model that made them and, when the bundle has
+    one, the cohort's raw embeddings (fewshot.cohort)."""
 
     def __init__(
-        self, backend: Backend, spec: PreprocessSpec, center: np.ndarray, fingerprint: str, embedding_dim: int
+        self, backend: Backend, spec: PreprocessSpec, center: np.ndarray, fingerprint: str, embedding_dim: int,
+        cohort: np.ndarray | None = None,
     ) -> None:
         if center.shape != (embedding_dim,):
             raise BundleError(f"centre vector has shape {center.shape}; the manifest's embedding_dim "
                               f"is {embedding_dim}, so it must be ({embedding_dim},)")
+        if cohort is not None and (cohort.ndim != 2 or cohort.shape[1] != embedding_dim
+                                   or not np.isfinite(cohort).all()):
+            raise BundleError(f"the cohort must be finite embeddings (M, {embedding_dim}); got shape {cohort.shape}")
+        self.cohort = None if cohort is None else cohort.astype(np.float32)
         self.backend = backend
         self.spec = spec
         self.center = center.astype(np.float32)
@@ -60,14 +67,12 @@ class FeatureExtractor:
     def load(cls, bundle: Bundle, backend: str, artifact: Artifact, *, threads: int | None = None,
              **options: Any) -> FeatureExtractor:
         manifest = bundle.manifest
-        try:
-            center = np.load(bundle.path(manifest.center), allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise BundleError(f"{bundle.path(manifest.center)}: not a numpy .npy array: {exc}") from exc
+        center = _load_npy(bundle.path(manifest.center))
+        cohort = None if manifest.cohort is None else _load_npy(bundle.path(manifest.cohort))
         model = load_backend(backend, bundle.path(artifact.file), threads=threads, **options)
         try:
-            extractor = cls(model, manifest.preprocess, np.asarray(center), bundle.fingerprint(artifact),
-                            manifest.embedding_dim)
+            extractor = cls(model, manifest.preprocess, center, bundle.fingerprint(artifact),
+                            manifest.embedding_dim, cohort)
         except BaseException:
             model.close()
             raise
@@ -98,3 +103,10 @@ class FeatureExtractor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.asarray(np.load(path, allow_pickle=False))
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path}: not a numpy .npy array: {exc}") from exc

@@ -240,6 +240,7 @@ def test_a_device_root_whose_profile_prefers_openvino_runs_openvino(tmp_path, ma
     with Daemon(config) as daemon, httpx.Client(base_url=daemon.api_url, timeout=30) as client:
         model = client.get("/v1/model").json()
         assert (model["backend"], model["artifact"]) == ("openvino", "openvino-fp32")
+        assert model["cohort"] == 0  # the tiny bundle has none: plain cosines
         assert "verified by the health check" in model["why"]
         metrics = client.get("/metrics").text
         assert 'backend="openvino"' in metrics and 'artifact="openvino-fp32"' in metrics

@@ -17,7 +17,8 @@ def test_export_writes_a_bundle_the_device_loads(checkpoint, tmp_path):
     m = bundle.manifest
     assert (m.model.name, m.model.version, m.embedding_dim) == ("shapes", 3, 256)
     assert m.preprocess.input_size == (16, 16)
-    assert set(m.files) == {"model.onnx", "center.npy", "golden.npz"}
+    assert set(m.files) == {"model.onnx", "center.npy", "golden.npz"}  # no --calib: no cohort
+    assert m.cohort is None
     assert m.artifacts[0].parity["cosine_min"] >= 0.9999
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["files"]["model.onnx"]["bytes"] == (out / "model.onnx").stat().st_size
@@ -31,6 +32,24 @@ def test_export_writes_a_bundle_the_device_loads(checkpoint, tmp_path):
         # Dynamic batch axis: any batch size runs.
         assert ex.backend.embed(np.repeat(golden["inputs"][:1], 5, axis=0)).shape == (5, 256)
 
+
+
+def test_export_writes_the_calibration_images_embeddings_as_the_cohort(checkpoint, images, tmp_path):
+    from edgessl.export.bundle_writer import device_inputs, sample_images
+    from edgessl.export.parity import torch_embeddings
+    from edgessl.train.checkpoint import load_backbone, load_checkpoint
+
+    bundle = load_bundle(export_bundle(checkpoint, tmp_path / "b", calib=images, calib_size=30))
+    assert bundle.manifest.cohort == "cohort.npy" and "cohort.npy" in bundle.manifest.files
+    cohort = np.load(bundle.path("cohort.npy"))
+    # What the fp32 model makes of the calibration images, as the device preprocesses them.
+    ckpt = load_checkpoint(checkpoint)
+    inputs = device_inputs(sample_images(images, 16, 30), bundle.manifest.preprocess)
+    np.testing.assert_allclose(cohort, torch_embeddings(load_backbone(ckpt), inputs), atol=1e-5)
+    with FeatureExtractor.from_bundle(bundle) as ex:
+        assert ex.cohort is not None and ex.cohort.shape == (30, 256)
+    without = load_bundle(export_bundle(checkpoint, tmp_path / "n", calib=images, calib_size=30, cohort=False))
+    assert without.manifest.cohort is None and "cohort.npy" not in without.manifest.files
 
 def test_export_refuses_a_model_that_disagrees_with_torch(checkpoint, tmp_path, monkeypatch):
     real_export = bundle_writer.export_onnx
