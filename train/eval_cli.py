@@ -94,7 +94,8 @@ def _openset_text(r: dict[str, Any], kind: str) -> str:
         f"open set ({kind}): {r['known']} classes enrolled with {r['shot']} shots, {r['queries']} queries of "
         f"{len(r['classes'])} classes, {r['splits']} splits" + (f", {r['background']} background images"
                                                                  if r["background"] else "")
-        + (f", a cohort of {r['cohort']} images" if r["cohort"] else ", no cohort"),
+        + (f", a cohort of {r['cohort']} images" if r["cohort"] else ", no cohort (--cohort 0, or too few support "
+                                                                    "images for one)"),
         f"  AUROC          calibrated {f('auroc_calibrated', False)}   global {f('auroc_global', False)}",
         f"  FAR @ 95% TAR  calibrated {f('far95_calibrated')}   global {f('far95_global')}",
         f"  calibrated vs global on the same splits: AUROC {r['auroc_gain']['mean']:+.3f} ± "

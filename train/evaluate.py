@@ -251,6 +251,6 @@ def openset(ev: Evaluator, support: Encoded, query: Encoded, *, known: int, shot
                                shot=shot, splits=splits, seed=seed, center=ev.center(support),
                                fallback=fallback, background=background, cohort=cohort)
     return {"checkpoint": str(ev.path), "random_weights": ev.random_weights, "known": known, "shot": shot,
-            "splits": splits, "fallback": fallback, "background": background, "cohort": cohort, "queries": len(query.labels),
+            "splits": splits, "fallback": fallback, "background": background, "cohort": results[0].cohort_size, "queries": len(query.labels),
             "classes": support.class_names,
             **{name: {"mean": m, "ci95": c} for name, (m, c) in summarize(results).items()}}

@@ -179,7 +179,8 @@ class ClassifierConfig(StrictModel):
                              "class prototype that names the class; below it the label is 'unknown'. With "
                              "calibrate, the fallback for classes with too few exemplars to calibrate")
     calibrate: bool = Field(default=True, description="derive each class's threshold from its own exemplars "
-                            "(leave-one-out similarity, distance to the nearest other class); shown in /v1/classes")
+                            "(leave-one-out similarity, distance to the nearest other class; shown in /v1/classes) "
+                            "and read scores against the bundle's cohort when it has one (cohort.npy)")
 
 
 class SmoothingConfig(StrictModel):

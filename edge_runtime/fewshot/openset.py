@@ -23,12 +23,12 @@ of the pretraining images.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from edgessl.edge_runtime.fewshot.calibration import calibrate_thresholds
-from edgessl.edge_runtime.fewshot.cohort import Cohort
+from edgessl.edge_runtime.fewshot.cohort import MIN_COHORT, Cohort
 from edgessl.edge_runtime.fewshot.prototypes import center_normalize, class_prototypes
 from edgessl.errors import GalleryError
 
@@ -83,6 +83,7 @@ class OpenSetSplit:
     accuracy_fixed: float  # accepted known queries labelled right
     accuracy_calibrated: float
     closed_accuracy: float  # known queries, nearest prototype, no unknown
+    cohort_size: int = 0  # images in the cohort that normalised the scores (0: none)
 
     @property
     def auroc_gain(self) -> float:
@@ -164,8 +165,9 @@ def evaluate_openset(
 ) -> list[OpenSetSplit]:
     """One result per random split of the classes into `known` enrolled and the rest unknown.
 
-    cohort > 0: that many support images, drawn once and never enrolled, are the cohort that
-    normalises the scores (cohort.py), as the bundle's cohort.npy does on the device.
+    cohort > 0: that many support images (at most half of them, and never a class's last `shot`;
+    none when that leaves fewer than MIN_COHORT), drawn once and never enrolled, are the cohort
+    that normalises the scores (cohort.py), as the bundle's cohort.npy does on the device.
 
     background > 0: that many support images of non-enrolled classes calibrate the thresholds as
     background frames; those classes (half of the non-enrolled ones) are then left out of the
@@ -182,13 +184,10 @@ def evaluate_openset(
     rng = np.random.default_rng(seed)
     enrollable = np.ones(len(s), bool)
     bank = None
-    if cohort > 0:
-        rows = rng.choice(len(s), min(cohort, len(s)), replace=False)
+    rows = _cohort_rows(s_labels, min(cohort, len(s) // 2), shot, rng)  # the rest is what the splits enroll from
+    if len(rows) >= MIN_COHORT:
         enrollable[rows] = False
         bank = Cohort.from_embeddings(s[rows], None)
-        short = [c for c in classes if (s_labels[enrollable] == c).sum() < shot]
-        if short:
-            raise GalleryError(f"classes {short} have fewer than {shot} support images besides the cohort")
     out = []
     for _ in range(splits):
         perm = rng.permutation(classes)
@@ -205,9 +204,24 @@ def evaluate_openset(
         unknown_mask = np.isin(q_labels, unknown_classes)
         if not np.isin(q_labels, enrolled).any() or not unknown_mask.any():
             raise GalleryError("the query set needs images of the enrolled and of the unknown classes")
-        out.append(_split(s, s_labels, q, q_labels, enrolled, shot, rng, fallback, bg, unknown_mask, bank,
-                          enrollable))
+        split = _split(s, s_labels, q, q_labels, enrolled, shot, rng, fallback, bg, unknown_mask, bank, enrollable)
+        out.append(replace(split, cohort_size=0 if bank is None else len(bank.bank)))
     return out
+
+
+def _cohort_rows(labels: np.ndarray, size: int, shot: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to `size` random rows for the cohort, leaving every class at least `shot` rows to enroll."""
+    if size <= 0:
+        return np.zeros(0, np.int64)
+    left = {c: int(n) for c, n in zip(*np.unique(labels, return_counts=True), strict=True)}
+    picked = []
+    for row in rng.permutation(len(labels)):
+        if left[labels[row]] > shot:
+            left[labels[row]] -= 1
+            picked.append(row)
+            if len(picked) == size:
+                break
+    return np.array(picked, np.int64)
 
 
 def summarize(results: list[OpenSetSplit]) -> dict[str, tuple[float, float]]:

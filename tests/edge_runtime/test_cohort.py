@@ -115,7 +115,7 @@ def test_a_bundle_with_a_broken_cohort_is_refused(cohort_bundle):
         FeatureExtractor.from_bundle(load_bundle(cohort_bundle), threads=1)
 
 
-def test_openset_reports_the_cohort_alone_and_never_enrolls_its_images():
+def test_openset_reports_the_cohort_alone_and_leaves_half_the_support_to_enroll_from():
     rng = np.random.default_rng(4)
     centres = _unit(rng, 6)
     labels = np.repeat(np.arange(6), 40)
@@ -126,5 +126,10 @@ def test_openset_reports_the_cohort_alone_and_never_enrolls_its_images():
     assert all(r.auroc_cohort == r.auroc_global for r in without)
     with_cohort = evaluate_openset(feats, labels, queries, q_labels, known=3, shot=5, splits=4, cohort=60)
     assert any(r.auroc_cohort != r.auroc_global for r in with_cohort)
-    with pytest.raises(GalleryError, match="besides the cohort"):
-        evaluate_openset(feats, labels, queries, q_labels, known=3, shot=5, splits=1, cohort=len(feats) - 10)
+    assert {r.cohort_size for r in with_cohort} == {60} and {r.cohort_size for r in without} == {0}
+    # The cohort takes at most half of the support images: the rest is enrolled from.
+    assert {r.cohort_size for r in evaluate_openset(feats, labels, queries, q_labels, known=3, shot=5, splits=1,
+                                                    cohort=10_000)} == {len(feats) // 2}
+    # Too few for a cohort: none, rather than one that is mostly noise.
+    few = evaluate_openset(feats[::8], labels[::8], queries, q_labels, known=3, shot=2, splits=1, cohort=300)
+    assert few[0].cohort_size == 0 and few[0].auroc_cohort == few[0].auroc_global
