@@ -28,7 +28,9 @@ from common import AVX2_ENV, cifar10, edgessl, write_section  # noqa: E402
 
 # One row each: what differs from the defaults, as `edgessl pretrain` arguments.
 VARIANTS: dict[str, list[str]] = {
-    "defaults (lr 0.6, temperature 0.2, batch 128, crops >= 0.2)": [],
+    "defaults (lr 0.6, temperature 0.2, batch 128, crops >= 0.2, views 24 px)": [],
+    "views 32 px (the input size)": ["--view-size", "32"],
+    "views 20 px": ["--view-size", "20"],
     "lr 0.3": ["--lr", "0.3"],
     "lr 1.2": ["--lr", "1.2"],
     "temperature 0.1": ["--temperature", "0.1"],
@@ -36,6 +38,7 @@ VARIANTS: dict[str, list[str]] = {
     "batch 64": ["--batch-size", "64"],
     "batch 256": ["--batch-size", "256"],
     "crops >= 0.35": ["--crop-min-scale", "0.35"],
+    "multi-crop: 2 small crops": ["--method-opt", "n_local=2"],
 }
 
 

@@ -9,7 +9,9 @@ virtual environment, `runs/peer-venv` (created on first use: `pip install torch=
 torchvision==0.29.1 lightly==1.6.0`), set up as its CIFAR-10 example does: `SimCLRTransform
 (input_size=32, gaussian_blur=0.0)`, `SimCLRProjectionHead(256, 512, 128)`, `NTXentLoss()`,
 SGD lr 0.06, momentum 0.9, weight decay 5e-4, a torch DataLoader with `--peer-workers`
-workers. edgessl runs `edgessl pretrain --data DATA --minutes M` with its defaults.
+workers. edgessl runs `edgessl pretrain --data DATA --minutes M` with its defaults (SimCLR's views
+are 24 px, 3/4 of the input: pass `--edgessl-args "--view-size 32"` for the same work per image as
+lightly's 32-px views).
 
 Both backbones are then evaluated by the same code: `edgessl eval fewshot` (5-way 5-shot,
 supports from train/, queries from test/, 2000 episodes) and `edgessl eval knn` (k=200,
@@ -220,6 +222,8 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(runs, indent=2))
 
     a, b = runs["edgessl"], runs["lightly"]
+    # Throughput is only the same work per image when both train on views of the same size.
+    views = json.loads((ours_dir / "config.json").read_text()).get("view_size") or 32
     body = (
         f"## edgessl against lightly (SimCLR, {args.minutes:g} min each"
         f"{', oneDNN held to AVX2' if args.avx2 else ''})\n\n"
@@ -232,7 +236,8 @@ def main() -> None:
         "both with edgessl's evaluation code. Other processes (tests of other engineers) may have run on the "
         "machine at the same time.\n\n"
         "| | lightly | edgessl | ratio |\n|---|---|---|---|\n"
-        f"| training throughput (img/s) | {b['img_per_s']:.0f} | {a['img_per_s']:.0f} | "
+        f"| training throughput (img/s; views: lightly 32 px, edgessl {views} px) | {b['img_per_s']:.0f} | "
+        f"{a['img_per_s']:.0f} | "
         f"**{a['img_per_s'] / b['img_per_s']:.2f}x** |\n"
         f"| steps | {b['steps']} | {a['steps']} | |\n"
         f"| 5-way 5-shot | {100 * b['fewshot']:.2f}% ± {100 * b['fewshot_ci95']:.2f} | "

@@ -51,7 +51,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="method option, repeatable (e.g. n_local=4, momentum=0.996, clip_length=8)")
     p.add_argument("--backbone-opt", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                    help="backbone option, repeatable (e.g. small_stem=true, patch_size=4)")
-    p.add_argument("--image-size", type=int, default=32, help="training resolution (default: 32)")
+    p.add_argument("--image-size", type=int, default=32,
+                   help="the model's input resolution, what the device feeds it (default: 32)")
+    p.add_argument("--view-size", type=int,
+                   help="resolution of the training views, at most --image-size (default: --image-size); lower "
+                        "makes more steps per minute and, with random-resized crops, shows objects at the size "
+                        "whole images show them (FixRes)")
     p.add_argument("--batch-size", type=int,
                    help="global images (or clips) per optimiser step, over all processes (default: the method's, "
                         "else 256)")

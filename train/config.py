@@ -26,7 +26,10 @@ class PretrainConfig(BaseModel):
     out: str = Field(description="run folder: checkpoints, config.json, log.jsonl, tensorboard/")
     method: str = Field("simclr", description="SSL method")
     backbone: str = Field("resnet_tiny", description="backbone architecture")
-    image_size: int = Field(32, ge=8, description="training resolution (square)")
+    image_size: int = Field(32, ge=8, description="the model's input resolution (square): what devices feed it")
+    view_size: int | None = Field(None, ge=8, description="resolution of the training views (default: image_size); "
+                                  "lower trains faster and, with random-resized crops, shows objects at the size "
+                                  "whole images show them at image_size (FixRes)")
     batch_size: int | None = Field(None, ge=2, description="global batch per optimiser step (all processes); "
                                    "default: the method's, else 256")
     epochs: float | None = Field(None, gt=0, description="length in epochs (default 10 unless --minutes)")
@@ -67,10 +70,15 @@ class PretrainConfig(BaseModel):
     def _length(self) -> PretrainConfig:
         if self.epochs is None and self.minutes is None:
             self.epochs = 10
+        if self.view_size is not None and self.view_size > self.image_size:
+            raise ValueError(f"view_size {self.view_size} is larger than image_size {self.image_size}: views are "
+                             "crops of the images, so they cannot hold more pixels than the images")
         return self
 
     def views(self) -> ViewConfig:
-        return augment.view_config(self.image_size, self.crop_min_scale or 0.2, self.augment_options)
+        """The training views: crops of the image_size images, resized to view_size."""
+        return augment.view_config(self.view_size or self.image_size, self.crop_min_scale or 0.2,
+                                   self.augment_options)
 
     @property
     def global_batch(self) -> int:
@@ -103,8 +111,15 @@ def resolve_config(cfg: PretrainConfig) -> PretrainConfig:
         # Emulated bf16 (AVX2, plain AVX-512) is slower than fp32; native bf16 measured faster (docs/benchmarks.md).
         on_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
         update["precision"] = "bf16" if on_cpu and hardware.native_bf16() else "fp32"
-    if accepts_option(cfg.backbone, "img_size") and "img_size" not in cfg.backbone_options:
-        update["backbone_options"] = {**cfg.backbone_options, "img_size": cfg.image_size}
+    fixed_size = accepts_option(cfg.backbone, "img_size")  # a ViT: position embeddings for one size
+    if cfg.view_size is None and "view_scale" in d and not fixed_size:
+        update["view_size"] = max(8, round(cfg.image_size * d["view_scale"]))
+    if fixed_size:
+        if cfg.view_size not in (None, cfg.image_size):
+            raise ValueError(f"{cfg.backbone} has a fixed input size (its position embeddings), so it trains at "
+                             f"the size it runs at: drop --view-size or set it to --image-size {cfg.image_size}")
+        if "img_size" not in cfg.backbone_options:
+            update["backbone_options"] = {**cfg.backbone_options, "img_size": cfg.image_size}
     return cfg.model_copy(update=update)
 
 

@@ -146,3 +146,31 @@ def test_distill_cli_passes_init_from_teacher(monkeypatch):
         args = p.parse_args(["--teacher", "t.pt", "--student", "resnet_tiny", "--data", "d", "--out", "o", *flags])
         assert distill_cli.run(args) == 0
         assert seen["init_from_teacher"] is expected and seen["teacher"] == "t.pt"
+
+
+def test_simclr_multi_crop_pairs_every_small_crop_with_both_large_views():
+    from edgessl.train.losses import nt_xent
+
+    torch.manual_seed(0)
+    method = create_method("simclr", create_backbone("resnet_tiny"), ViewConfig(size=SIZE), n_local=2)
+    batch = tiny_batch(method)
+    loss = method.training_step(batch, torch.Generator().manual_seed(5))
+    # The same views again, from the same generator state, paired by hand: 1 + 2 x 2 pairs, equal weights.
+    g = torch.Generator().manual_seed(5)
+    v1, v2 = method.views(batch, g)
+    small = method.local_views(batch, g)
+    assert [v.shape[-1] for v in small] == [SIZE // 2] * 2
+    z1, z2 = method.head(method.backbone(torch.cat([v1, v2]))).chunk(2)
+    zl = method.head(method.backbone(torch.cat(small))).chunk(2)
+    pairs = [nt_xent(z1, z2, 0.2)] + [nt_xent(a, b, 0.2) for a in zl for b in (z1, z2)]
+    assert torch.allclose(loss, sum(pairs) / 5, atol=1e-5)
+
+    opt = torch.optim.Adam(method.parameters(), lr=1e-3)
+    before = loss.item()
+    for _ in range(5):
+        opt.zero_grad()
+        method.training_step(batch, torch.Generator().manual_seed(5)).backward()
+        opt.step()
+    assert method.training_step(batch, torch.Generator().manual_seed(5)).item() < before
+    with pytest.raises(ValueError, match="n_local"):
+        create_method("simclr", create_backbone("resnet_tiny"), ViewConfig(size=SIZE), n_local=-1)

@@ -34,6 +34,28 @@ def test_pretrain_writes_a_checkpoint_export_can_use(images, tmp_path):
     assert len(losses(tmp_path / "run")) == 5
 
 
+
+def test_views_smaller_than_the_input_size_train_at_their_size_and_ship_the_input_size(images, tmp_path):
+    from edgessl.train.config import resolve_config
+
+    cfg = PretrainConfig(data=str(images), out=str(tmp_path / "small"), image_size=16, view_size=12,
+                         batch_size=8, epochs=1, threads=1)
+    assert cfg.views().size == 12
+    ckpt = load_checkpoint(pretrain(cfg))
+    # The device feeds the model image_size, the centring vector is taken there, the views were smaller.
+    assert ckpt["preprocess"]["input_size"] == [16, 16] and ckpt["samples"].shape[1:] == (3, 16, 16)
+    info = json.loads((tmp_path / "small" / "run_info.json").read_text())
+    same = PretrainConfig(data=str(images), out=str(tmp_path / "same"), image_size=16, batch_size=8, epochs=1,
+                          threads=1)
+    pretrain(same)
+    # Fewer pixels per view, fewer FLOPs per step (counted by torch on the real step).
+    assert info["gflop_per_sample_step"] < json.loads((tmp_path / "same" / "run_info.json").read_text())[
+        "gflop_per_sample_step"]
+    with pytest.raises(ValueError, match="larger than image_size"):
+        PretrainConfig(data=str(images), out="x", image_size=16, view_size=20)
+    with pytest.raises(ValueError, match="fixed input size"):
+        resolve_config(PretrainConfig(data=str(images), out="x", backbone="vit_tiny", image_size=16, view_size=12))
+
 def test_resume_continues_exactly(images, tmp_path):
     cfg = PretrainConfig(data=str(images), out=str(tmp_path / "full"), image_size=16, batch_size=8,
                          epochs=2, checkpoint_every=3, keep_checkpoints=5, threads=1)

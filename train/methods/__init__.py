@@ -5,8 +5,9 @@ A method is an `nn.Module` built as `Method(backbone, views, **options)`. Its
 is the hook for momentum/EMA updates. `input` says what the batch holds: "images" (N, C, H, W)
 or "clips" (N, T, C, H, W) of `clip_length` frames, which the data module then provides.
 `defaults` is the method's recipe, the one place its training settings live: optimiser, lr,
-weight decay and optionally batch_size, warmup_fraction, crop_min_scale (used unless the run
-sets them; options such as the temperature are the class's keyword defaults).
+weight decay and optionally batch_size, warmup_fraction, crop_min_scale and view_scale (the
+training views' size as a share of the input size, CNN backbones only), used unless the run sets
+them; options such as the temperature are the class's keyword defaults.
 
 Adding a method is one line in `METHODS` (name -> "module:Class"); modules are imported
 only when their method is used.
