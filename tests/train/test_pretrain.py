@@ -45,12 +45,16 @@ def test_views_smaller_than_the_input_size_train_at_their_size_and_ship_the_inpu
     # The device feeds the model image_size, the centring vector is taken there, the views were smaller.
     assert ckpt["preprocess"]["input_size"] == [16, 16] and ckpt["samples"].shape[1:] == (3, 16, 16)
     info = json.loads((tmp_path / "small" / "run_info.json").read_text())
-    same = PretrainConfig(data=str(images), out=str(tmp_path / "same"), image_size=16, batch_size=8, epochs=1,
-                          threads=1)
+    same = PretrainConfig(data=str(images), out=str(tmp_path / "same"), image_size=16, view_size=16, batch_size=8,
+                          epochs=1, threads=1)
     pretrain(same)
     # Fewer pixels per view, fewer FLOPs per step (counted by torch on the real step).
     assert info["gflop_per_sample_step"] < json.loads((tmp_path / "same" / "run_info.json").read_text())[
         "gflop_per_sample_step"]
+    # SimCLR's recipe trains views at 3/4 of the input size unless told otherwise; other methods at the input size.
+    assert resolve_config(PretrainConfig(data="d", out="o", image_size=32)).view_size == 24
+    assert resolve_config(PretrainConfig(data="d", out="o", image_size=32, view_size=32)).view_size == 32
+    assert resolve_config(PretrainConfig(data="d", out="o", image_size=32, method="vicreg")).view_size is None
     with pytest.raises(ValueError, match="larger than image_size"):
         PretrainConfig(data=str(images), out="x", image_size=16, view_size=20)
     with pytest.raises(ValueError, match="fixed input size"):
