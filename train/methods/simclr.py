@@ -1,8 +1,9 @@
 """SimCLR (Chen et al. 2020): two augmented views, a projection MLP, NT-Xent.
 
 `n_local` > 0 adds multi-crop (Caron et al. 2020, SwAV): that many small crops at half the
-resolution, each paired with both large views by NT-Xent; a small crop costs a quarter of a large
-one, so more positives per image at little more compute.
+resolution, each paired with both large views by NT-Xent. A small crop has a quarter of a large
+one's pixels, but on 2 CPU cores two of them made a step 1.5x slower and lost 0.65 points at
+5 minutes (docs/benchmarks.md), so it is off by default.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class SimCLR(Method):
     # steps per minute beat bigger batches at short budgets on 2 cores). Views at 3/4 of the input
     # size (24 px for 32 px CIFAR-10): 1.7x the steps per minute and objects at the size whole
     # images show them (FixRes); +2.7 points 5-way 5-shot at 5 minutes on the AVX2 reference
-    # (docs/benchmarks.md, "SimCLR recipe sweep").
+    # (docs/benchmarks.md, "SimCLR views smaller than the input size"), +4.1 at 20 minutes.
     defaults: ClassVar[dict[str, Any]] = {"optimizer": "lars", "lr": 0.6, "weight_decay": 1e-5, "batch_size": 128,
                                           "view_scale": 0.75}
 
