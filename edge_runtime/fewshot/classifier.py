@@ -117,8 +117,8 @@ class FewShotClassifier:
         self._background: np.ndarray | None = None
         self._background_revision = 0
         self._cache: _Prototypes | None = None
-        cohort = getattr(extractor, "cohort", None)
-        self.cohort = Cohort.from_embeddings(cohort, extractor.center) if calibrated and cohort is not None else None
+        self.cohort = (Cohort.from_embeddings(extractor.cohort, extractor.center)
+                       if calibrated and extractor.cohort is not None else None)
         self.set_background(background)
         # Exemplars enrolled with an earlier model are re-embedded from their stored crops (the
         # daemon passes reembed=False: it re-embeds in the background, in batches).

@@ -23,7 +23,7 @@ of the pretraining images.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -145,7 +145,8 @@ def _split(s: np.ndarray, s_labels: np.ndarray, q: np.ndarray, q_labels: np.ndar
                         far_at_tar(best[kn], best[un]), far_at_tar(calibrated[kn], calibrated[un]),
                         auroc(normalised[kn], normalised[un]), far_at_tar(normalised[kn], normalised[un]),
                         auroc(oracle[kn], oracle[un]), far_at_tar(oracle[kn], oracle[un]),
-                        tar_f, far_f, tar_c, far_c, acc_f, acc_c, float(right[is_known].mean()))
+                        tar_f, far_f, tar_c, far_c, acc_f, acc_c, float(right[is_known].mean()),
+                        0 if cohort is None else len(cohort.bank))
 
 
 def evaluate_openset(
@@ -204,8 +205,8 @@ def evaluate_openset(
         unknown_mask = np.isin(q_labels, unknown_classes)
         if not np.isin(q_labels, enrolled).any() or not unknown_mask.any():
             raise GalleryError("the query set needs images of the enrolled and of the unknown classes")
-        split = _split(s, s_labels, q, q_labels, enrolled, shot, rng, fallback, bg, unknown_mask, bank, enrollable)
-        out.append(replace(split, cohort_size=0 if bank is None else len(bank.bank)))
+        out.append(_split(s, s_labels, q, q_labels, enrolled, shot, rng, fallback, bg, unknown_mask, bank,
+                          enrollable))
     return out
 
 
