@@ -3,10 +3,10 @@
 The peak is a nominal figure (cores x clock x FLOPs per cycle of the widest FMA path), good
 enough to tell users how far a step is from the machine's arithmetic limit, not a
 measurement. FLOPs per cycle per core: 32 fp32 for two 256-bit FMA pipes (AVX2 + FMA; also
-AMD Zen 4, whose AVX-512 is double-pumped 256-bit), 64 for Intel cores with AVX-512 (two
-512-bit pipes on the server parts), 16 for AVX without FMA. Native bf16 (AVX512_BF16 dot
-products, AMX) doubles the fp32 figure for bf16 arithmetic; AMX's tile units are counted
-at 16x the AVX-512 fp32 rate.
+AMD Zen 4, whose AVX-512 is double-pumped 256-bit), 64 for cores with two 512-bit FMA pipes
+(Intel server cores with AVX-512, AMD Zen 5: CPU family 26), 16 for AVX without FMA. Native
+bf16 (AVX512_BF16 dot products, AMX) doubles the fp32 figure for bf16 arithmetic; AMX's tile
+units are counted at 16x the AVX-512 fp32 rate.
 """
 
 from __future__ import annotations
@@ -35,12 +35,24 @@ def cpu_flags() -> frozenset[str]:
 
 
 @functools.cache
-def cpu_vendor() -> str:
+def _cpuinfo_field(name: str) -> str:
     try:
-        m = re.search(r"^vendor_id\s*:\s*(\S+)", Path("/proc/cpuinfo").read_text(), re.M)
+        m = re.search(rf"^{name}\s*:\s*(\S+)", Path("/proc/cpuinfo").read_text(), re.M)
     except OSError:
         return ""
     return m.group(1) if m else ""
+
+
+def cpu_vendor() -> str:
+    return _cpuinfo_field("vendor_id")
+
+
+def full_width_avx512() -> bool:
+    """Two 512-bit FMA pipes: Intel's AVX-512 server cores and AMD from Zen 5 (family 26) on;
+    Zen 4 (family 25) splits each 512-bit operation into two 256-bit halves."""
+    vendor = cpu_vendor()
+    family = _cpuinfo_field("cpu family")
+    return vendor == "GenuineIntel" or (vendor == "AuthenticAMD" and family.isdigit() and int(family) >= 26)
 
 
 def max_isa() -> str | None:
@@ -76,7 +88,7 @@ def flops_per_cycle(bf16: bool = False) -> int:
     flags = cpu_flags()
     isa = max_isa()
     avx512 = "avx512f" in flags and isa not in _NO_AVX512_ISAS
-    if avx512 and cpu_vendor() == "GenuineIntel":
+    if avx512 and full_width_avx512():
         fp32 = 64
     elif "fma" in flags and "avx2" in flags:
         fp32 = 32
