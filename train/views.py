@@ -1,4 +1,5 @@
-"""Batched image augmentations on tensors: random resized crop + flip, colour jitter, grayscale.
+"""Batched image augmentations on tensors: random resized crop + flip, colour jitter, grayscale,
+and (off unless a policy sets them) gamma, equalisation, solarisation, inversion, blur, noise.
 
 They run on a whole uint8 batch at once (one `grid_sample`, a few tensor ops), so the
 augmentation costs a small fraction of a training step instead of a Python loop per image.
@@ -34,6 +35,15 @@ class ViewConfig:
     gray_p: float = 0.2
     rotate: float = 0.0  # largest rotation, degrees either way (0: none; the augmentation policies set it)
     shear: float = 0.0  # largest horizontal shear factor either way
+    # Operations that change the shape of the intensity histogram, blur and noise: off by default;
+    # the grey policy solarises (train/augment.py says why, docs/benchmarks.md what each measured).
+    gamma: float = 0.0  # largest |log gamma| of a random gamma curve x**gamma, with the colour jitter
+    equalize_p: float = 0.0  # probability of histogram equalisation (per channel, by rank)
+    solarize_p: float = 0.0  # probability of inverting the pixels above 0.5
+    invert_p: float = 0.0  # probability of the negative image
+    blur_p: float = 0.0  # probability of a Gaussian blur ...
+    blur_sigma: float = 1.0  # ... of sigma uniform in (0.1, blur_sigma) pixels of the view
+    noise: float = 0.0  # largest standard deviation of additive Gaussian noise (0..1 scale)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -109,12 +119,59 @@ def color_jitter(x: torch.Tensor, cfg: ViewConfig, g: torch.Generator | None = N
         x = _blend(x, _gray(x), factor(cfg.saturation))
     if cfg.hue > 0:
         x = _rotate_hue(x, on * _uniform(n, -cfg.hue, cfg.hue, g))
+    if cfg.gamma > 0:  # a curve, not a line: BatchNorm cannot undo it the way it undoes brightness/contrast
+        exponent = torch.exp(on * _uniform(n, -cfg.gamma, cfg.gamma, g)).to(x.device, x.dtype)
+        x = x.clamp(min=1e-6) ** exponent.view(-1, 1, 1, 1)
+    return x
+
+
+def _where(p: float, x: torch.Tensor, y: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+    """Per image: y with probability p, else x."""
+    mask = (rng.rand(g, x.shape[0]) < p).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(mask, y, x)
+
+
+def equalize(x: torch.Tensor) -> torch.Tensor:
+    """Histogram equalisation of each channel: every pixel becomes its rank (ties by position)."""
+    n, c, h, w = x.shape
+    ranks = x.reshape(n, c, h * w).argsort(dim=-1).argsort(dim=-1)
+    return (ranks.to(x.dtype) / max(h * w - 1, 1)).reshape(n, c, h, w)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with one sigma (pixels) per image: one grouped convolution per axis."""
+    n, c, h, w = x.shape
+    radius = max(1, math.ceil(2 * float(sigma.max())))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma.to(x.device, x.dtype).view(-1, 1)) ** 2)
+    k = (k / k.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (N*C, K)
+    y = x.reshape(1, n * c, h, w)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), k.view(n * c, 1, 1, -1), groups=n * c)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), k.view(n * c, 1, -1, 1), groups=n * c)
+    return y.reshape(n, c, h, w)
+
+
+def intensity_ops(x: torch.Tensor, cfg: ViewConfig, g: torch.Generator | None = None) -> torch.Tensor:
+    """The histogram-shape operations, blur and noise of `cfg` that are switched on."""
+    n = x.shape[0]
+    if cfg.equalize_p > 0:
+        x = _where(cfg.equalize_p, x, equalize(x), g)
+    if cfg.solarize_p > 0:
+        x = _where(cfg.solarize_p, x, torch.where(x >= 0.5, 1 - x, x), g)
+    if cfg.invert_p > 0:
+        x = _where(cfg.invert_p, x, 1 - x, g)
+    if cfg.blur_p > 0:
+        sigma = _uniform(n, 0.1, max(cfg.blur_sigma, 0.1), g)
+        x = _where(cfg.blur_p, x, gaussian_blur(x, sigma), g)
+    if cfg.noise > 0:
+        std = (rng.rand(g, n) * cfg.noise).to(x.device, x.dtype).view(-1, 1, 1, 1)
+        # One noise value per pixel for all channels: luminance noise, so grey views stay grey.
+        x = (x + std * rng.randn(g, n, 1, *x.shape[2:]).to(x.device, x.dtype)).clamp(0, 1)
     return x
 
 
 def random_grayscale(x: torch.Tensor, p: float, g: torch.Generator | None = None) -> torch.Tensor:
-    mask = (rng.rand(g, x.shape[0]) < p).to(x.device).view(-1, 1, 1, 1)
-    return torch.where(mask, _gray(x).expand_as(x), x)
+    return _where(p, x, _gray(x).expand_as(x), g)
 
 
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -134,7 +191,7 @@ def augment(x: torch.Tensor, cfg: ViewConfig, g: torch.Generator | None = None) 
         v = color_jitter(v, cfg, g)
     if cfg.gray_p > 0:
         v = random_grayscale(v, cfg.gray_p, g)
-    return v
+    return intensity_ops(v, cfg, g)
 
 
 class ViewGenerator:
