@@ -2,7 +2,8 @@
 
 The whole set takes hours on a 2-core CPU (SSL methods about 2.5 h, the daemon about 25 min,
 CIFAR few-shot 20 min, export formats about 30 min, lightly side by side 2 x 15 min, the recipe sweep
-45 min, this CPU against AVX2 about 5 min after `make demo`). Pass names to run a subset:
+45 min, the grey-data policy with its colour control 4 x 6 min, this CPU against AVX2 about 5 min after
+`make demo`). Pass names to run a subset:
 
     python bench/run_all.py fewshot_cifar export_formats
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 # oneDNN held to AVX2, the reference edge CPU, since its ratios depend on the instruction set.
 BENCHES: dict[str, list[list[str]]] = {
     "fewshot_cifar": [[]], "export_formats": [[]], "daemon": [[]], "ssl_methods": [[]],
-    "ssl_peer": [[], ["--avx2"]], "recipes": [["--minutes", "5", "--avx2"]], "isa": [[]],
+    "ssl_peer": [[], ["--avx2"]], "recipes": [["--minutes", "5", "--avx2"]],
+    "grey_policy": [["--minutes", "5", "--colour-control"]], "isa": [[]],
 }
 
 

@@ -74,11 +74,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "policy's, else the method's, else 0.2)")
     p.add_argument("--augment", choices=["auto", "natural", "grey", "document", "thermal"],
                    help="augmentation policy; auto looks at a sample of the data: grey data gets no colour "
-                        "jitter, near-binary drawings/documents and low-contrast thermal-like images get "
-                        "geometric augmentation, images smaller than --image-size larger crops (default: auto)")
+                        "jitter but solarisation, near-binary drawings/documents and low-contrast thermal-like "
+                        "images get geometric augmentation, images smaller than --image-size larger crops "
+                        "(default: auto)")
     p.add_argument("--augment-opt", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                    help="one augmentation setting over the policy, repeatable: jitter_p, brightness, contrast, "
-                        "saturation, hue, gray_p, flip_p, rotate (degrees), shear, min_scale")
+                        "saturation, hue, gamma (largest |log gamma|), gray_p, equalize_p, solarize_p, invert_p, "
+                        "blur_p, blur_sigma (pixels), noise (largest std), flip_p, rotate (degrees), shear, "
+                        "min_scale")
     p.add_argument("--data-kind", choices=["auto", "images", "video", "shards"], help="(default: auto)")
     p.add_argument("--video-stride", type=int, help="use every n-th video frame (default: 1)")
     p.add_argument("--seed", type=int, default=0)

@@ -39,6 +39,8 @@ def test_measured_statistics_pick_the_policy(kind, policy):
 def test_grey_policy_has_no_colour_jitter_and_tiny_images_get_larger_crops():
     grey = A.POLICIES["grey"]
     assert grey["saturation"] == grey["hue"] == grey["gray_p"] == 0
+    # In their place, solarisation folds the intensity histogram; photographs keep SimCLR's recipe.
+    assert grey["solarize_p"] > 0 and A.view_config(32, 0.2, A.POLICIES["natural"]).solarize_p == 0
     # Views of grey images stay grey (channels equal once un-normalised), and still differ from each other.
     cfg = A.view_config(32, 0.2, grey)
     v1, v2 = ViewGenerator(cfg)(batch("grey", n=4), torch.Generator().manual_seed(1))
@@ -97,6 +99,7 @@ def test_pretrain_picks_prints_and_stores_the_policy(tmp_path, capsys):
     assert "augmentation policy 'grey'" in capsys.readouterr().out
     cfg = json.loads((tmp_path / "auto" / "config.json").read_text())
     assert cfg["augment"] == "grey" and cfg["augment_options"]["saturation"] == 0.0
+    assert PretrainConfig(**cfg).views().solarize_p == A.POLICIES["grey"]["solarize_p"]
     assert "grey" in cfg["augment_reason"] and cfg["crop_min_scale"] == cfg["augment_options"]["min_scale"]
 
     from edgessl.cli import main
