@@ -37,6 +37,24 @@ def edgessl(*args: str, quiet: bool = False) -> str:
                           stderr=subprocess.DEVNULL if quiet else None).stdout
 
 
+def simclr_and_evaluate(run: Path, data: Path, minutes: float, episodes: int,
+                        *flags: str) -> tuple[int, dict, dict]:
+    """`edgessl pretrain` SimCLR on DATA/train for `minutes` into a fresh RUN, then 5-way 5-shot
+    (supports DATA/train, queries DATA/test) and k-NN; returns (steps, fewshot json, knn json)."""
+    import json
+    import shutil
+
+    shutil.rmtree(run, ignore_errors=True)
+    edgessl("pretrain", "--data", str(data / "train"), "--out", str(run), "--minutes", str(minutes),
+            "--method", "simclr", "--no-tensorboard", *flags, quiet=True)
+    steps = len((run / "log.jsonl").read_text().splitlines())
+    few = json.loads(edgessl("eval", "fewshot", str(run), "--support", str(data / "train"), "--query",
+                             str(data / "test"), "--episodes", str(episodes), "--json", quiet=True))
+    knn = json.loads(edgessl("eval", "knn", str(run), "--train", str(data / "train"), "--test",
+                             str(data / "test"), "--json", quiet=True))
+    return steps, few, knn
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     flags: set[str] = set()

@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import AVX2_ENV, cifar10, edgessl, write_section  # noqa: E402
+from common import AVX2_ENV, cifar10, simclr_and_evaluate, write_section  # noqa: E402
 
 GREY = ROOT / "runs" / "cifar10-grey"
 
@@ -80,15 +79,8 @@ def main() -> None:
     rows = []
     for i, (kind, name, data, flags) in enumerate(runs):
         run = args.out / f"r{i}"
-        shutil.rmtree(run, ignore_errors=True)
-        edgessl("pretrain", "--data", str(data / "train"), "--out", str(run), "--minutes", str(args.minutes),
-                "--method", "simclr", "--seed", str(args.seed), "--no-tensorboard", *flags, quiet=True)
+        steps, few, knn = simclr_and_evaluate(run, data, args.minutes, args.episodes, "--seed", str(args.seed), *flags)
         config = json.loads((run / "config.json").read_text())
-        steps = len((run / "log.jsonl").read_text().splitlines())
-        few = json.loads(edgessl("eval", "fewshot", str(run), "--support", str(data / "train"), "--query",
-                                 str(data / "test"), "--episodes", str(args.episodes), "--json", quiet=True))
-        knn = json.loads(edgessl("eval", "knn", str(run), "--train", str(data / "train"), "--test",
-                                 str(data / "test"), "--json", quiet=True))
         rows.append((kind, name, config["augment"], steps, few["accuracy"], few["ci95"], knn["top1"]))
         print(f"{kind} {name} -> {config['augment']}: {steps} steps, 5-way 5-shot {100 * few['accuracy']:.2f}% "
               f"± {100 * few['ci95']:.2f}, k-NN {100 * knn['top1']:.2f}%", flush=True)

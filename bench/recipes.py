@@ -15,16 +15,14 @@ default only changes when a row beats it by more than the interval.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import AVX2_ENV, cifar10, edgessl, write_section  # noqa: E402
+from common import AVX2_ENV, cifar10, simclr_and_evaluate, write_section  # noqa: E402
 
 # One row each: what differs from the defaults, as `edgessl pretrain` arguments.
 VARIANTS: dict[str, list[str]] = {
@@ -66,15 +64,8 @@ def main() -> None:
 
     rows = []
     for i, name in enumerate(names):
-        run = args.out / f"v{i}"
-        shutil.rmtree(run, ignore_errors=True)
-        edgessl("pretrain", "--data", str(cifar / "train"), "--out", str(run), "--minutes", str(args.minutes),
-                "--method", "simclr", "--no-tensorboard", *VARIANTS[name], quiet=True)
-        steps = len((run / "log.jsonl").read_text().splitlines())
-        few = json.loads(edgessl("eval", "fewshot", str(run), "--support", str(cifar / "train"), "--query",
-                                 str(cifar / "test"), "--episodes", str(args.episodes), "--json", quiet=True))
-        knn = json.loads(edgessl("eval", "knn", str(run), "--train", str(cifar / "train"), "--test",
-                                 str(cifar / "test"), "--json", quiet=True))
+        steps, few, knn = simclr_and_evaluate(args.out / f"v{i}", cifar, args.minutes, args.episodes,
+                                              *VARIANTS[name])
         rows.append((name, steps, few["accuracy"], few["ci95"], knn["top1"]))
         print(f"{name}: {steps} steps, 5-way 5-shot {100 * few['accuracy']:.2f}% ± {100 * few['ci95']:.2f}, "
               f"k-NN {100 * knn['top1']:.2f}%", flush=True)
