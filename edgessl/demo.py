@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edgessl.demo_device import DaemonProcess, edgessl, enroll, http
@@ -56,6 +56,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student", default=TEACHER,
                    help=f"student backbone for the device (default: {TEACHER}, the teacher's, started from its weights)")
     p.add_argument("--serve", action="store_true", help="keep the daemon running at the end (Ctrl-C stops it)")
+    p.add_argument("--scene", choices=("regions", "objects"), default="regions",
+                   help="regions (default): one region of a camera, every class in turn; objects: shapes of "
+                   "enrolled and never-enrolled classes enter, cross, stop and leave a camera's view, are "
+                   "tracked, and are enrolled from their tracks")
+    p.add_argument("--stop-seconds", type=float, default=6.0,
+                   help="objects scene: how long a third of the objects stop in view (default: 6)")
+    p.add_argument("--returns", type=int, default=4,
+                   help="objects scene: how often each enrolled object comes back (default: 4)")
+    p.add_argument("--strangers", type=int, default=8,
+                   help="objects scene: never-enrolled shapes in other hues (default: 8)")
+    p.add_argument("--lookalikes", type=int, default=2,
+                   help="objects scene: never-enrolled shapes in each enrolled object's hue (default: 2)")
 
 
 def _say(step: str, what: str) -> None:
@@ -68,9 +80,11 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from edgessl import synthetic
-    from edgessl.export.bundle_writer import export_bundle
-    from edgessl.train.pretrain import PretrainConfig, pretrain
 
+    if args.scene == "objects":
+        from edgessl.demo_objects import run_objects
+
+        return run_objects(args)
     t_start = time.monotonic()
     out: Path = args.out.resolve()
     if out.exists():
@@ -101,48 +115,8 @@ def run(args: argparse.Namespace) -> int:
           f"({args.fps} fps, {args.seconds_per_class:g} s per class), classes: {', '.join(synthetic.CLASSES)}")
     t = lap("data", t)
 
-    _say("2/8 pretrain", f"VICReg on {TEACHER} for {args.minutes:g} min (labels ignored)")
-    teacher = pretrain(PretrainConfig(
-        data=str(data / "unlabeled"), out=str(out / "teacher"), method=METHOD, backbone=TEACHER,
-        minutes=args.minutes, image_size=IMAGE_SIZE, batch_size=64, lr=PRETRAIN_LR, crop_min_scale=0.5,
-        seed=args.seed,
-        # Colour and orientation are random per render, so they are the cheapest cues for telling
-        # renders apart: strong hue jitter, mostly grey views and any rotation take them away and
-        # leave shape and surface pattern (measured at 1.5 min: 26.6% -> 44.0% 5-way 5-shot).
-        augment_options=SHAPE_AUGMENT, tensorboard=False))
-    t = lap("pretrain", t)
-
-    # A student of the teacher's own architecture starts from the teacher's weights: half a minute
-    # from scratch lost a third of the accuracy (74% -> 53% held-out, docs/benchmarks.md), so the
-    # step becomes a quantization-aware fine-tune at a low learning rate.
-    same_architecture = args.student == TEACHER
-    _say("3/8 distil", f"a {args.student} student learns the teacher's embedding space ({args.distill_minutes:g} min"
-         + (", starting from the teacher's weights, 8-bit fake quantization" if same_architecture else "") + ")")
-    student = pretrain(PretrainConfig(
-        data=str(data / "unlabeled"), out=str(out / "student"), method="distill", backbone=args.student,
-        minutes=args.distill_minutes, image_size=IMAGE_SIZE, batch_size=64, crop_min_scale=0.5, seed=args.seed,
-        lr=DISTILL_LR if same_architecture else None,
-        method_options={"teacher": str(teacher), "relation_weight": 1.0, "qat_fraction": 0.5,
-                        "init_from_teacher": same_architecture}, tensorboard=False))
-    t = lap("distil", t)
-
-    _say("4/8 export", "ONNX fp32 + INT8 (calibrated on unlabeled renders), checked through the device's code")
-    bundle = export_bundle(student, out / "bundle", formats=["onnx", "onnx-int8"], calib=data / "unlabeled",
-                           devices=["x86-cpu"], name="demo-shapes", version=1, force=True)
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    for a in manifest["artifacts"]:
-        parity = a.get("parity") or {}
-        print(f"  {a['name']:<10} {a['file']:<16} centred cosine to torch: median {parity.get('cosine_median', 0):.4f}, "
-              f"min {parity.get('cosine_min', 0):.4f}")
-    print(f"  the x86-cpu profile's default: {manifest.get('defaults', {}).get('x86-cpu')}")
-    t = lap("export", t)
-
-    _say("5/8 sign + provision + flash", "keys, signature, a device root (x86-cpu, A/B slots), install")
-    edgessl("keys", "generate", "--out", out / "keys")
-    edgessl("sign", bundle, "--key", out / "keys" / "signing.key")
-    edgessl("device", "init", "--root", root, "--profile", "x86-cpu", "--trust", out / "keys" / "signing.pub")
-    print(edgessl("flash", bundle, "--to", root).rstrip())
-    t = lap("flash", t)
+    bundle, student = train_and_flash(args, out, data, root, lap, steps=("2/8", "3/8", "4/8", "5/8"))
+    t = time.monotonic()
 
     _say("6/8 daemon", "edgessl run: the video as a looping camera, one region, a JSON-lines sink")
     events_path = out / "events.jsonl"
@@ -275,3 +249,57 @@ def run(args: argparse.Namespace) -> int:
     finally:
         daemon.stop()
     return 0
+
+
+def train_and_flash(args: argparse.Namespace, out: Path, data: Path, root: Path, lap: Callable[[str, float], float],
+                    steps: Sequence[str]) -> tuple[Path, Path]:
+    """Pretrain on data/unlabeled, distil, export ONNX + INT8, sign, provision a device root and
+    flash it: the steps every scene shares. Returns (bundle, student checkpoint)."""
+    from edgessl.export.bundle_writer import export_bundle
+    from edgessl.train.pretrain import PretrainConfig, pretrain
+
+    t = time.monotonic()
+    _say(f"{steps[0]} pretrain", f"VICReg on {TEACHER} for {args.minutes:g} min (labels ignored)")
+    teacher = pretrain(PretrainConfig(
+        data=str(data / "unlabeled"), out=str(out / "teacher"), method=METHOD, backbone=TEACHER,
+        minutes=args.minutes, image_size=IMAGE_SIZE, batch_size=64, lr=PRETRAIN_LR, crop_min_scale=0.5,
+        seed=args.seed,
+        # Colour and orientation are random per render, so they are the cheapest cues for telling
+        # renders apart: strong hue jitter, mostly grey views and any rotation take them away and
+        # leave shape and surface pattern (measured at 1.5 min: 26.6% -> 44.0% 5-way 5-shot).
+        augment_options=SHAPE_AUGMENT, tensorboard=False))
+    t = lap("pretrain", t)
+
+    # A student of the teacher's own architecture starts from the teacher's weights: half a minute
+    # from scratch lost a third of the accuracy (74% -> 53% held-out, docs/benchmarks.md), so the
+    # step becomes a quantization-aware fine-tune at a low learning rate.
+    same_architecture = args.student == TEACHER
+    _say(f"{steps[1]} distil", f"a {args.student} student learns the teacher's embedding space ({args.distill_minutes:g} min"
+         + (", starting from the teacher's weights, 8-bit fake quantization" if same_architecture else "") + ")")
+    student = pretrain(PretrainConfig(
+        data=str(data / "unlabeled"), out=str(out / "student"), method="distill", backbone=args.student,
+        minutes=args.distill_minutes, image_size=IMAGE_SIZE, batch_size=64, crop_min_scale=0.5, seed=args.seed,
+        lr=DISTILL_LR if same_architecture else None,
+        method_options={"teacher": str(teacher), "relation_weight": 1.0, "qat_fraction": 0.5,
+                        "init_from_teacher": same_architecture}, tensorboard=False))
+    t = lap("distil", t)
+
+    _say(f"{steps[2]} export", "ONNX fp32 + INT8 (calibrated on unlabeled renders), checked through the device's code")
+    bundle = export_bundle(student, out / "bundle", formats=["onnx", "onnx-int8"], calib=data / "unlabeled",
+                           devices=["x86-cpu"], name="demo-shapes", version=1, force=True)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for a in manifest["artifacts"]:
+        parity = a.get("parity") or {}
+        print(f"  {a['name']:<10} {a['file']:<16} centred cosine to torch: median {parity.get('cosine_median', 0):.4f}, "
+              f"min {parity.get('cosine_min', 0):.4f}")
+    print(f"  the x86-cpu profile's default: {manifest.get('defaults', {}).get('x86-cpu')}")
+    t = lap("export", t)
+
+    _say(f"{steps[3]} sign + provision + flash", "keys, signature, a device root (x86-cpu, A/B slots), install")
+    edgessl("keys", "generate", "--out", out / "keys")
+    edgessl("sign", bundle, "--key", out / "keys" / "signing.key")
+    edgessl("device", "init", "--root", root, "--profile", "x86-cpu", "--trust", out / "keys" / "signing.pub")
+    print(edgessl("flash", bundle, "--to", root).rstrip())
+    t = lap("flash", t)
+
+    return bundle, student

@@ -22,10 +22,10 @@ from pydantic import (
 )
 
 from edgessl.edge_runtime.daemon.sinks import SINKS, SinkOptionsUnion
-from edgessl.edge_runtime.schema import ConfigPath, StrictModel, resolve_config_path
+from edgessl.edge_runtime.objects.config import ObjectsConfig, TracksConfig
+from edgessl.edge_runtime.schema import NAME_PATTERN, ConfigPath, StrictModel, resolve_config_path
 from edgessl.errors import EdgesslError
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"  # safe in MQTT topics, URLs and metric labels
 _V4L2 = re.compile(r"^/dev/video\d+$")
 SinkName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
@@ -102,7 +102,11 @@ class CameraConfig(StrictModel):
     fps: float | None = Field(default=None, gt=0, le=1000, description="files in real time: frame rate to play at "
                               "(default: the file's own frame rate, or 25 if it has none)")
     regions: list[RegionConfig] = Field(default_factory=list, description="regions classified on their own; "
-                                        "empty: the whole frame, as one region named 'full'")
+                                        "empty: the whole frame, as one region named 'full' (none when the camera "
+                                        "tracks objects)")
+    objects: ObjectsConfig | None = Field(default=None, description="find what moves, track it and name each "
+                                          "object from the gallery (with regions, or instead of them); {} for the "
+                                          "defaults")
     open_timeout_s: float = Field(default=10.0, gt=0, le=300, description="give up opening the stream after this long")
     stall_timeout_s: float = Field(default=5.0, gt=0, le=3600, description="no new frame for this long: the camera is "
                                    "'stalled', and the stream is reopened (the read gives up after this long)")
@@ -151,7 +155,9 @@ class CameraConfig(StrictModel):
 
     @property
     def region_list(self) -> list[RegionConfig]:
-        return self.regions or [FULL_FRAME]
+        """The regions classified on their own: the configured ones; with none, the whole frame,
+        unless the camera tracks objects instead."""
+        return self.regions or ([] if self.objects is not None else [FULL_FRAME])
 
 
 class ModelConfig(StrictModel):
@@ -280,6 +286,8 @@ class DaemonConfig(StrictModel):
         "`type` picks the kind of sink: " + ", ".join(sorted(SINKS)))
     api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API and web page")
     enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig, description="live enrollment")
+    tracks: TracksConfig = Field(default_factory=TracksConfig, description="recent object tracks kept on disk "
+                                 "(state_dir/tracks), to enroll from after they left")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="logging level")
     storage_reserve_bytes: int = Field(default=2 << 20, ge=0, description="space kept in state_dir/.reserve and "
                                        "given up when the disk is full, so that classes can still be deleted")

@@ -33,14 +33,18 @@ from edgessl.edge_runtime.daemon.events import EventHub
 from edgessl.edge_runtime.daemon.metrics import Metrics
 from edgessl.edge_runtime.daemon.model import LoadedModel, ModelService
 from edgessl.edge_runtime.daemon.pipeline import Batch, Pipeline
-from edgessl.edge_runtime.daemon.sinks import Event, Sink, SinkRunner, first_sink, start_sinks
+from edgessl.edge_runtime.daemon.sinks import Sink, SinkEvent, SinkRunner, first_sink, start_sinks
 from edgessl.edge_runtime.daemon.sinks.mqtt import MqttSink
+from edgessl.edge_runtime.daemon.snapshot import draw
 from edgessl.edge_runtime.daemon.storage import Storage
 from edgessl.edge_runtime.daemon.streams import CameraStream, State
 from edgessl.edge_runtime.daemon.systemd import sd_notify, watchdog_interval
+from edgessl.edge_runtime.daemon.tracks import TrackService
 from edgessl.edge_runtime.daemon.work import Slots, WorkPool
 from edgessl.edge_runtime.fewshot.classifier import FewShotClassifier
 from edgessl.edge_runtime.fewshot.gallery import Gallery
+from edgessl.edge_runtime.objects.events import ObjectEvent
+from edgessl.edge_runtime.objects.store import TrackStore
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +69,14 @@ class Daemon:
         self.metrics = Metrics(lambda: [s.status() for s in self.streams.values()])
         self.hub = EventHub()
         self.models = ModelService(config, self.metrics, self.hub)
-        self.pipeline = Pipeline(config, self.streams, self.metrics, self._emit)
+        self.track_store = TrackStore(config.state_dir / "tracks", config.tracks.keep, config.tracks.max_bytes) \
+            if any(c.objects is not None for c in cams) else None
+        self.pipeline = Pipeline(config, self.streams, self.metrics, self._emit, self.hub.publish, self.track_store)
         self.storage = Storage(config.state_dir, config.gallery_path, config.storage_reserve_bytes)
         self.background = BackgroundStore(config.state_dir / "background")
         self.enrollment = Enrollment(config, self.models, self.streams, self._stop, storage=self.storage,
                                      background=self.background)
+        self.tracks = TrackService(self.pipeline, self.track_store, self.enrollment, self.streams)
         # Decoding and embedding of uploads, and live enrollments, run off the API's event loop
         # and thread pool, bounded (see work.py).
         self.work = WorkPool(config.api.workers, config.api.max_queued, config.api.max_pixels_in_flight)
@@ -211,11 +218,17 @@ class Daemon:
     def sink_status(self) -> dict[str, dict[str, int]]:
         return {r.name: {"delivered": r.delivered, "errors": r.errors, "dropped": r.dropped} for r in self._sinks}
 
-    def _emit(self, event: Event) -> None:
+    def _emit(self, event: SinkEvent) -> None:
         for runner in self._sinks:
             runner.submit(event)
-        self.metrics.events.labels(event.camera).inc()
-        self.hub.publish({"type": "event", **event.as_dict()})
+        if isinstance(event, ObjectEvent):
+            self.metrics.object_events.labels(event.camera, event.event).inc()
+            if event.event == "left":
+                self.metrics.object_labels.labels(event.camera, event.label or "none").inc()
+            self.hub.publish({"type": "object", **event.as_dict()})
+        else:
+            self.metrics.events.labels(event.camera).inc()
+            self.hub.publish({"type": "event", **event.as_dict()})
 
     # -- the inference loop -----------------------------------------------------------------
 
@@ -324,45 +337,31 @@ class Daemon:
             status = stream.status()
             out.append({"id": cid, "kind": stream.config.kind, "state": str(status.state),
                         "reason": status.reason, "frame_size": status.frame_size,
-                        "regions": [r.model_dump() for r in stream.config.region_list]})
+                        "regions": [r.model_dump() for r in stream.config.region_list],
+                        "objects": stream.config.objects is not None})
         return out
 
     def snapshot(self, camera_id: str, *, annotate: bool = True, quality: int = 80) -> bytes:
-        """The newest frame as JPEG, with each region's box and label drawn on it."""
+        """The newest frame as JPEG, with each region's and object's box and label drawn on it."""
         return self.snapshot_with_states(camera_id, annotate=annotate, quality=quality)[0]
 
-    def snapshot_with_states(self, camera_id: str, *, annotate: bool = True,
-                             quality: int = 80) -> tuple[bytes, list[dict[str, Any]]]:
-        """The annotated JPEG and the region states drawn on it: one decision for the picture
-        and for the text beside it (the page shows both from this one answer)."""
+    def snapshot_with_states(self, camera_id: str, *, annotate: bool = True, quality: int = 80
+                             ) -> tuple[bytes, list[dict[str, Any]], list[dict[str, Any]]]:
+        """The annotated JPEG, the region states and the objects drawn on it: one decision for the
+        picture and for the text beside it (the page shows both from this one answer)."""
         stream = self.enrollment._find_stream(camera_id)
         frame = stream.latest()
         if frame is None:
             raise Conflict(f"camera {camera_id} has no frame yet (state {stream.state})")
-        image = frame.image
         states = self.pipeline.region_states(camera_id)
-        if annotate:
-            image = image.copy()
-            h, w = image.shape[:2]
-            for region in stream.config.region_list:
-                x0, y0, x1, y1 = region.box(w, h)
-                st = states[region.name]
-                shown = st.label or "..."
-                if st.label == "unknown" and st.nearest:
-                    shown = f"unknown (~{st.nearest})"
-                text = f"{region.name}: {shown} {st.score:.2f}"
-                color = (60, 200, 60) if st.label not in (None, "unknown") else (0, 170, 255)
-                cv2.rectangle(image, (x0, y0), (x1 - 1, y1 - 1), color, 2)
-                scale = max(0.4, min(1.0, w / 640))
-                (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-                ty = max(th + 4, y0 + th + 4)
-                cv2.rectangle(image, (x0, ty - th - 4), (x0 + tw + 4, ty + 2), (0, 0, 0), -1)
-                cv2.putText(image, text, (x0 + 2, ty - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
+        stage = self.pipeline.stages.get(camera_id)
+        objects = stage.objects() if stage is not None else []
+        image = draw(frame.image, stream.config.region_list, states, objects) if annotate else frame.image
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             raise DaemonError(f"cannot JPEG-encode the frame of camera {camera_id}")
         drawn = [{**states[r.name].as_dict(), "snapshot_frame": frame.seq} for r in stream.config.region_list]
-        return buf.tobytes(), drawn
+        return buf.tobytes(), drawn, objects
 
     # -- HTTP -------------------------------------------------------------------------------
 

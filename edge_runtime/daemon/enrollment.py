@@ -26,7 +26,7 @@ from edgessl.edge_runtime.daemon.model import ModelService
 from edgessl.edge_runtime.daemon.pipeline import crop
 from edgessl.edge_runtime.daemon.storage import Storage
 from edgessl.edge_runtime.daemon.streams import CameraStream, State
-from edgessl.edge_runtime.fewshot.calibration import ClassThreshold
+from edgessl.edge_runtime.fewshot.classifier import FewShotClassifier
 from edgessl.edge_runtime.fewshot.crops import decode_crop
 from edgessl.edge_runtime.fewshot.gallery import Gallery, GalleryStorageError
 from edgessl.edge_runtime.fewshot.labels import label_key, normalize_label
@@ -111,6 +111,9 @@ class Enrollment:
 
     def _region(self, stream: CameraStream, name: str | None) -> RegionConfig:
         regions = stream.config.region_list
+        if not regions:
+            raise NotFound(f"camera {stream.id} has no regions (it tracks objects): enroll from one of its tracks "
+                           "with POST /v1/tracks/{id}/enroll")
         if name is None:
             return regions[0]
         for r in regions:
@@ -118,9 +121,11 @@ class Enrollment:
                 return r
         raise NotFound(f"camera {stream.id} has no region {name!r}; regions: {', '.join(r.name for r in regions)}")
 
-    def enroll_images(self, label: str, images: list[np.ndarray], *, negative: bool = False) -> dict[str, Any]:
+    def enroll_images(self, label: str, images: list[np.ndarray], *, negative: bool = False,
+                      source: str | None = None) -> dict[str, Any]:
         """Embed and store `images` (crops are stored scaled down to `crop_side`). A label that
-        differs from an enrolled one only in case or spacing enrolls into that class."""
+        differs from an enrolled one only in case or spacing enrolls into that class. `source`:
+        what the images are views of when they are not independent shots (a track)."""
         label = checked_label(label)
         if not images:
             raise DaemonError(f"no images to enroll as {label!r}; give at least one")
@@ -130,7 +135,7 @@ class Enrollment:
         with self.models.use() as model, self._gallery(f"cannot enroll {label!r}") as gallery:
             label = gallery.find_class(label) or label
             added = gallery.add(label, images, model.extractor.embed(images), model.extractor.fingerprint,
-                                negative=negative, max_side=side)
+                                negative=negative, max_side=side, source=source)
         return {"label": label, "added": added, "negative": negative, "quality": self.class_report(label)}
 
     def enroll_live(self, camera_id: str, label: str, *, region: str | None = None, frames: int | None = None,
@@ -333,17 +338,17 @@ class Enrollment:
     def class_report(self, label: str | None = None) -> list[dict[str, Any]]:
         """Per class: exemplars, negatives, leave-one-out accuracy, nearest confusable class,
         advice, and the ids of the exemplars (for thumbnails)."""
+        c = self.config.classifier
         with self.models.use() as model:
             with self._gallery("cannot read the gallery") as gallery:
                 counts = {c.label: (c.exemplars, c.negatives) for c in gallery.classes()}
                 labels, emb = gallery.embeddings(model.extractor.fingerprint)
                 exemplars = gallery.exemplars(label)
-            background = self.background.embeddings(model.extractor) if labels else None
-        c = self.config.classifier
-        # The thresholds the inference loop uses: calibrated from the same gallery, or the global one.
-        thresholds = None if c.calibrate else [
-            ClassThreshold(label, c.threshold, 1.0, False, "calibration off: the global threshold")
-            for label in sorted(counts)]
+                background = self.background.embeddings(model.extractor) if labels and c.calibrate else None
+                # The thresholds the inference loop uses: the same classifier on the same gallery
+                # (cohort, background, negatives and sources included).
+                thresholds = FewShotClassifier(model.extractor, gallery, c.threshold, calibrated=c.calibrate,
+                                               background=background, reembed=False).thresholds()
         report = class_quality(labels, emb, model.extractor.center, counts, thresholds=thresholds,
                                background=background, fallback=c.threshold)
         out = []

@@ -63,7 +63,13 @@ class Metrics:
         self.capture_to_decision = Histogram(
             "edgessl_capture_to_decision_seconds", "from the frame's capture to its smoothed decision",
             ["camera"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.events = Counter("edgessl_events", "label changes emitted", ["camera"], registry=r)
+        self.events = Counter("edgessl_events", "region label changes emitted", ["camera"], registry=r)
+        self.object_events = Counter("edgessl_object_events", "what objects did (entered, label, changed, left)",
+                                     ["camera", "type"], registry=r)
+        self.objects = Gauge("edgessl_objects", "objects (confirmed tracks) on the camera now", ["camera"],
+                             registry=r)
+        self.object_labels = Counter("edgessl_object_labels", "objects that left, by their last label",
+                                     ["camera", "label"], registry=r)
         self.sink_errors = Counter("edgessl_sink_errors", "messages a sink failed to deliver", ["sink"], registry=r)
         self.sink_dropped = Counter("edgessl_sink_dropped", "messages dropped because a sink fell behind",
                                     ["sink"], registry=r)

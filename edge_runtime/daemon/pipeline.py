@@ -1,13 +1,15 @@
 """The frame path inside the daemon, one pass at a time.
 
-    newest frame of each camera -> region crops -> embeddings (one backend batch of at most
-    `inference.max_batch` crops) -> score per enrolled class -> smoothed label per region ->
-    an Event for each label that changed
+    newest frame of each camera -> region crops                 -> embeddings (one backend batch:
+                                -> objects (objects/stage.py:      `inference.max_batch` crops at a
+                                   proposals, tracker) -> crops    time) -> score per enrolled class
+    regions: smoothed label per region -> an Event for each label that changed
+    objects: tracks -> evidence per track -> ObjectEvents (entered, label, changed, left)
 
-`Pipeline.step` returns one `Batch`: every crop of the pass with its camera, region, frame,
-scores and decision, shape-checked like supervision's `Detections`, so observers (the
-benchmark, tests, later stages such as a novelty sampler or a drift statistic) get one value
-instead of parallel lists.
+`Pipeline.step` returns one `Batch`: every region crop of the pass with its camera, region,
+frame, scores and decision, shape-checked like supervision's `Detections`, and the objects of
+each camera frame, so observers (the benchmark, tests, later stages such as a novelty sampler
+or a drift statistic) get one value instead of parallel lists.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ import numpy as np
 
 from edgessl.edge_runtime.daemon.config import DaemonConfig, RegionConfig
 from edgessl.edge_runtime.daemon.metrics import Metrics
-from edgessl.edge_runtime.daemon.sinks import Event, iso
+from edgessl.edge_runtime.daemon.sinks import Event, SinkEvent
 from edgessl.edge_runtime.daemon.smoothing import Decision, Smoother
 from edgessl.edge_runtime.daemon.streams import CameraStream, CapturedFrame
 from edgessl.edge_runtime.fewshot.classifier import FewShotClassifier
+from edgessl.edge_runtime.objects.stage import FrameIn, ObjectStage
+from edgessl.edge_runtime.objects.store import TrackStore
+from edgessl.edge_runtime.timestamps import iso
 
 
 @dataclass
@@ -53,8 +58,20 @@ class RegionState:
 
 
 @dataclass(frozen=True)
+class ObjectFrame:
+    """The objects of one camera frame after a pass."""
+
+    camera: str
+    frame: int
+    captured_mono: float
+    proposals: int  # proposals that passed the filters
+    objects: tuple[dict[str, Any], ...]  # the live tracks (as /v1/cameras/{id}/objects shows them)
+
+
+@dataclass(frozen=True)
 class Batch:
-    """One pass of the inference loop over N region crops and C enrolled classes."""
+    """One pass of the inference loop over N region crops and C enrolled classes (and the
+    objects of the cameras that track them)."""
 
     cameras: tuple[str, ...]  # (N,) the camera of each crop
     regions: tuple[str, ...]  # (N,) its region
@@ -64,7 +81,9 @@ class Batch:
     scores: np.ndarray  # (N, C) score of each crop for each class
     decisions: tuple[Decision, ...]  # (N,) the smoothed decision of each crop's region
     decided_mono: float  # when the decisions were made
-    inference_s: float  # embedding + scoring time
+    inference_s: float  # embedding + scoring time (of region and object crops)
+    objects: tuple[ObjectFrame, ...] = ()
+    object_crops: int = 0  # crops embedded for the objects path
 
     def __post_init__(self) -> None:
         n = len(self.cameras)
@@ -96,11 +115,16 @@ class Pipeline:
     """Region states and smoothers of every camera region; `step` runs one pass."""
 
     def __init__(self, config: DaemonConfig, streams: dict[str, CameraStream], metrics: Metrics,
-                 emit: Callable[[Event], None]) -> None:
+                 emit: Callable[[SinkEvent], None], publish: Callable[[dict[str, Any]], None] | None = None,
+                 tracks: TrackStore | None = None) -> None:
         self.config = config
         self.streams = streams
         self.metrics = metrics
         self._emit = emit
+        self._publish = publish  # per-frame messages for the page's live view (server-sent events)
+        self.stages: dict[str, ObjectStage] = {
+            cid: ObjectStage(cid, s.config.objects, device=config.device, store=tracks)
+            for cid, s in streams.items() if s.config.objects is not None}
         self._lock = threading.Lock()
         self._regions: dict[tuple[str, str], RegionState] = {
             (cid, r.name): RegionState(cid, r.name) for cid, s in streams.items() for r in s.config.region_list}
@@ -123,6 +147,8 @@ class Pipeline:
         """A new model: its scores are not comparable with the old one's averages."""
         for smoother in self._smoothers.values():
             smoother.reset()
+        for stage in self.stages.values():
+            stage.reset()
 
     def step(self, frames: list[CapturedFrame], classifier: FewShotClassifier, model_tag: str) -> Batch:
         crops: list[np.ndarray] = []
@@ -131,19 +157,34 @@ class Pipeline:
             for region in self.streams[frame.camera].config.region_list:
                 crops.append(crop(frame.image, region))
                 owners.append((frame, region))
+        n_regions = len(crops)
+        # The objects path asks for its crops (proposals, checks, samples) before the batch is embedded.
+        spans: list[tuple[ObjectStage, CapturedFrame, int, int]] = []
+        for frame in frames:
+            stage = self.stages.get(frame.camera)
+            if stage is not None:
+                wanted = stage.begin(FrameIn(frame.camera, frame.seq, frame.image, frame.captured_at,
+                                             frame.captured_mono))
+                spans.append((stage, frame, len(crops), len(crops) + len(wanted)))
+                crops += wanted
         max_batch = self.config.inference.max_batch
         t0 = time.perf_counter()
-        parts = [classifier.scores(crops[i:i + max_batch], batch_size=max_batch)
-                 for i in range(0, len(crops), max_batch)]
-        labels = tuple(parts[-1].labels) if parts else ()
-        scores = np.concatenate([p.scores for p in parts]) if parts else np.zeros((0, 0), np.float32)
-        limits = parts[-1].thresholds if parts else None
-        thresholds = dict(zip(labels, limits.tolist(), strict=True)) if limits is not None else None
+        if spans:  # the tracker compares crops by their embeddings, enrolled classes or not
+            queries = classifier.embed(crops, batch_size=max_batch)
+        else:  # regions only: with no class enrolled, nothing needs embedding
+            queries = None
+        table = (classifier.score_queries(queries[:n_regions]) if queries is not None
+                 else classifier.scores(crops, batch_size=max_batch))
+        labels = tuple(table.labels)
+        scores = table.scores
+        thresholds = dict(zip(labels, table.thresholds.tolist(), strict=True)) if table.thresholds is not None \
+            else None
         took = time.perf_counter() - t0
         self.metrics.inference_seconds.observe(took)
         self.metrics.batch_size.observe(len(crops))
         self.last_batch = {"crops": len(crops), "seconds": round(took, 4), "at": iso(time.time())}
         decided_at, decided_mono = time.time(), time.monotonic()
+        objects = self._objects(spans, queries, classifier, model_tag, decided_at)
         decisions: list[Decision] = []
         for (frame, region), row in zip(owners, scores, strict=True):
             key = (frame.camera, region.name)
@@ -165,7 +206,30 @@ class Pipeline:
                                  nearest=nearest))
         return Batch(tuple(f.camera for f, _ in owners), tuple(r.name for _, r in owners),
                      tuple(f.seq for f, _ in owners), np.array([f.captured_mono for f, _ in owners], np.float64),
-                     labels, scores.reshape(len(owners), len(labels)), tuple(decisions), decided_mono, took)
+                     labels, scores.reshape(len(owners), len(labels)), tuple(decisions), decided_mono, took,
+                     objects, len(crops) - n_regions)
+
+    def _objects(self, spans: list[tuple[ObjectStage, CapturedFrame, int, int]], queries: np.ndarray | None,
+                 classifier: FewShotClassifier, model_tag: str, decided_at: float) -> tuple[ObjectFrame, ...]:
+        """Finish the objects path of every camera frame of the pass: events to the sinks, the
+        frame's objects to the page."""
+        out = []
+        for stage, frame, start, end in spans:
+            assert queries is not None
+            events = stage.finish(queries[start:end], classifier.score_queries, revision=classifier.revision,
+                                  model=model_tag, decided_at=decided_at)
+            for event in events:
+                self._emit(event)
+            objects = tuple(stage.objects())
+            self.metrics.objects.labels(frame.camera).set(len(objects))
+            self.metrics.capture_to_decision.labels(frame.camera).observe(time.monotonic() - frame.captured_mono)
+            if self._publish is not None:
+                self._publish({"type": "objects", "camera": frame.camera, "frame": frame.seq,
+                               "capture_time": iso(frame.captured_at), "proposals": stage.proposals,
+                               "latency_ms": round((decided_at - frame.captured_at) * 1000, 1),
+                               "objects": list(objects)})
+            out.append(ObjectFrame(frame.camera, frame.seq, frame.captured_mono, stage.proposals, objects))
+        return tuple(out)
 
     def states(self) -> list[dict[str, Any]]:
         with self._lock:

@@ -9,7 +9,9 @@ threshold from two score samples that the gallery already holds:
   out), which is what a new view of the class scores;
 - impostor: the exemplars of the other classes whose nearest wrong prototype is this one, and
   the background embeddings (what the camera sees when nothing enrolled is there) whose
-  nearest prototype is this one: the views the class would wrongly accept first.
+  nearest prototype is this one: the views the class would wrongly accept first; and the
+  class's own negative examples ("this is not X", e.g. a rejected track), which a person
+  said it must not accept.
 
 Both samples are small (5 shots give 5 genuine scores), so their means and spreads are shrunk
 towards the figures pooled over all classes: the means as far as the classes' means differ
@@ -66,16 +68,26 @@ class ClassThreshold:
         return out
 
 
-def loo_genuine_scores(x: np.ndarray, inverse: np.ndarray, n_classes: int) -> np.ndarray:
+def loo_genuine_scores(x: np.ndarray, inverse: np.ndarray, n_classes: int,
+                       groups: np.ndarray | None = None) -> np.ndarray:
     """(N,) centred cosine of each normalised row to its class's prototype made without it.
 
-    A class with a single row has no prototype without it: its score is NaN."""
+    groups: (N,) integer group of each row (rows of one group are views of one object, such as
+    the crops of one track); the prototype is then made without the row's whole group, which is
+    what a new object of the class scores. A row with nothing of its class left is NaN."""
     sums = np.zeros((n_classes, x.shape[1]), np.float64)
     np.add.at(sums, inverse, x)
-    loo = (sums[inverse] - x).astype(np.float32)  # the sum, so its normalisation is the mean's
-    out = np.einsum("nd,nd->n", x, center_normalize(loo)).astype(np.float64)
     counts = np.bincount(inverse, minlength=n_classes)
-    out[counts[inverse] < 2] = np.nan
+    if groups is None:
+        held, held_n = x.astype(np.float64), np.ones(len(x))
+    else:
+        _, g = np.unique(groups, return_inverse=True)
+        g_sums = np.zeros((g.max() + 1 if len(g) else 0, x.shape[1]), np.float64)
+        np.add.at(g_sums, g, x)
+        held, held_n = g_sums[g], np.bincount(g)[g].astype(np.float64)
+    loo = (sums[inverse] - held).astype(np.float32)  # the sum, so its normalisation is the mean's
+    out = np.einsum("nd,nd->n", x, center_normalize(loo)).astype(np.float64)
+    out[counts[inverse] - held_n < 1] = np.nan
     return out
 
 
@@ -142,13 +154,19 @@ def calibrate_thresholds(
     fallback: float = 0.5,
     min_exemplars: int = MIN_EXEMPLARS,
     cohort: Cohort | None = None,
+    negatives: tuple[Sequence[str], np.ndarray] | None = None,
+    sources: Sequence[str | None] | None = None,
 ) -> list[ClassThreshold]:
     """Per-class thresholds, sorted by label, from the positive exemplars' raw embeddings.
 
     labels: (N,) the class of each row of embeddings (N, D); center: the model's centring
     vector (None: only L2-normalise); background: optional (M, D) raw embeddings of frames
     with nothing enrolled in them; cohort: the bundle's cohort, when the classifier normalises its
-    scores with it (cohort.py), so that the thresholds apply to the same scores. A pure function:
+    scores with it (cohort.py), so that the thresholds apply to the same scores; negatives: (labels,
+    raw embeddings) of negative examples, each an impostor of its own class; sources: (N,) what
+    each exemplar is a view of (None: itself): exemplars of one source (the crops of one track)
+    are left out together and count as one towards `min_exemplars`, since five crops of one pass
+    of an object say little of how the next object of its class will score. A pure function:
     the same gallery gives the same figures."""
     emb = np.asarray(embeddings, np.float32)
     labels_arr = np.asarray(list(labels))
@@ -171,7 +189,15 @@ def calibrate_thresholds(
     np.add.at(sums, inverse, x)
     protos = center_normalize(sums.astype(np.float32))
     counts = np.bincount(inverse, minlength=len(unique))
-    genuine = loo_genuine_scores(x, inverse, len(unique))
+    if sources is not None and len(sources) != len(x):
+        raise GalleryError(f"calibration needs one source per exemplar; got {len(sources)} for {len(x)}")
+    # Exemplars without a source are each their own; the rest are grouped by source.
+    keys = [f"own:{i}" if s is None else f"src:{s}" for i, s in enumerate(sources)] if sources is not None \
+        else [f"own:{i}" for i in range(len(x))]
+    groups = np.unique(np.array(keys), return_inverse=True)[1]
+    # What a class's sample size is: its independent views (sources), not its crops.
+    independent = np.array([len({groups[i] for i in np.flatnonzero(inverse == c)}) for c in range(len(unique))])
+    genuine = loo_genuine_scores(x, inverse, len(unique), groups)
     to_protos = (x @ protos.T).astype(np.float64)  # (N, C)
     bg_to_protos = (b @ protos.T).astype(np.float64) if len(b) else np.zeros((0, len(unique)))
     if cohort is not None:  # the thresholds hold the scores the classifier will compute: normalised alike
@@ -194,10 +220,23 @@ def calibrate_thresholds(
     rows_name = [str(unique[inverse[i]]) for i in range(len(x))] + ["background"] * len(b)
     if len(unique) == 1:  # no wrong prototype to be nearest to: only the background impostors
         rows_to, rows_score, rows_name = rows_to[len(x):], rows_score[len(x):], rows_name[len(x):]
+    if negatives is not None and len(negatives[0]):
+        # A negative example of c is an impostor of c, wherever its nearest prototype lies.
+        index = {str(u): k for k, u in enumerate(unique)}
+        own = [(i, index[str(lab)]) for i, lab in enumerate(negatives[0]) if str(lab) in index]
+        if own:
+            n_emb = center_normalize(np.asarray(negatives[1], np.float32)[[i for i, _ in own]], center)
+            to = np.array([c for _, c in own], np.int64)
+            score = (n_emb @ protos.T).astype(np.float64)[np.arange(len(own)), to]
+            if cohort is not None:
+                score = score - cohort.offsets(n_emb).astype(np.float64)
+            rows_to = np.concatenate([rows_to, to])
+            rows_score = np.concatenate([rows_score, score])
+            rows_name += [f"not {unique[c]}" for c in to]
     imp_all = [rows_score[rows_to == c] for c in range(len(unique))]
 
     # Pooled figures over every calibrated class: the prior each class's small sample is shrunk to.
-    ok = counts >= min_exemplars
+    ok = independent >= min_exemplars
     g_samples = [genuine[(inverse == c) & np.isfinite(genuine)] for c in range(len(unique)) if ok[c]]
     i_samples = [imp_all[c] for c in range(len(unique)) if ok[c]]
     g_pool = np.concatenate(g_samples or [np.zeros(0)])
@@ -224,11 +263,15 @@ def calibrate_thresholds(
             mine = np.flatnonzero(rows_to == c)
             k = int(mine[rows_score[mine].argmax()])
             imp_max, source = float(rows_score[k]), rows_name[k]
-        if n < min_exemplars:
+        views = int(independent[c])
+        if views < min_exemplars:
+            what = f"{n} exemplar{'s' if n != 1 else ''}" if views == n else \
+                f"{n} exemplars from {views} source{'s' if views != 1 else ''} (e.g. {views} track{'s' if views != 1 else ''})"
+            mean_g = float(np.nanmean(g)) if np.isfinite(g).any() else None
             out.append(ClassThreshold(
                 label, float(fallback), g_std, False,
-                f"{n} exemplar{'s' if n != 1 else ''}: the global threshold {fallback:g} until there are "
-                f"{min_exemplars} to calibrate from", None if n < 2 else float(np.nanmean(g)), i_mean, imp_max, source))
+                f"{what}: the global threshold {fallback:g} until there are {min_exemplars} independent views to "
+                "calibrate from", mean_g, i_mean, imp_max, source))
             continue
         if len(i_pool):
             # A class that is nobody's nearest miss has no impostor sample: the pooled one stands in.
@@ -240,8 +283,10 @@ def calibrate_thresholds(
             # frames) are too little evidence to accept what the global threshold rejects; measured
             # on CIFAR-10, lower calibrated thresholds accepted 94-96% of unknowns (docs/benchmarks.md).
             t = max(min(eer, g_mean - GENUINE_Z * g_std), fallback)
-            what = ("the other classes" + (" and the background" if len(b) else "")) if len(x) > counts[c] \
-                else "the background"
+            against = [name for name, present in (("the other classes", len(x) > counts[c]),
+                                                  ("the background", len(b) > 0),
+                                                  ("its negative examples", f"not {label}" in rows_name)) if present]
+            what = " and ".join(against) or "the other classes"
             closest = f", closest {imp_max:.2f}: {source}" if imp_max is not None else ", pooled"
             reason = (f"calibrated from {n} exemplars (leave-one-out similarity {g_mean:.2f} ± {g_std:.2f}) "
                       f"against their nearest misses among {what} ({m:.2f} ± {s:.2f}{closest})")

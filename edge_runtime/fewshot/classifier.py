@@ -81,7 +81,7 @@ class ClassScores:
 
 @dataclass(frozen=True)
 class _Prototypes:
-    revision: tuple[int, int, int]  # the gallery's revision and the background's
+    revision: tuple[int, ...]  # the gallery's revision and the background's
     labels: list[str]
     protos: np.ndarray  # (C, D), centred and normalised
     negatives: np.ndarray  # (M, D), centred and normalised negative examples
@@ -147,6 +147,11 @@ class FewShotClassifier:
     def forget(self, label: str) -> int:
         return self.gallery.forget(label)
 
+    @property
+    def revision(self) -> tuple[int, ...]:
+        """Changes whenever what the scores depend on changes (the gallery, the background)."""
+        return (*self.gallery.revision, self._background_revision)
+
     def thresholds(self) -> list[ClassThreshold]:
         """Each enrolled class's threshold (sorted by label) and the reason for it."""
         return list(self._prototypes().thresholds)
@@ -156,19 +161,21 @@ class FewShotClassifier:
         return self._prototypes().head
 
     def _prototypes(self) -> _Prototypes:
-        revision = (*self.gallery.revision, self._background_revision)
+        revision = self.revision
         if self._cache is None or self._cache.revision != revision:
-            labels, emb = self.gallery.embeddings(self.extractor.fingerprint)
+            labels, emb, sources = self.gallery.sources(self.extractor.fingerprint)
             dim = self.extractor.embedding_dim
             center = self.extractor.center
             head = None
+            neg_labels, neg_emb = self.gallery.embeddings(self.extractor.fingerprint, negative=True)
             if labels:
                 head = fit_head(center_normalize(emb, center), np.asarray(labels), self.head_kind)
                 unique, protos = head.labels, head.protos
                 if self.calibrated:
                     thresholds = calibrate_thresholds(labels, emb, center, self._background,
                                                       fallback=self.threshold, min_exemplars=self.min_exemplars,
-                                                      cohort=self.cohort)
+                                                      cohort=self.cohort, negatives=(neg_labels, neg_emb),
+                                                      sources=sources)
                 else:
                     thresholds = [ClassThreshold(str(u), self.threshold, 1.0, False, "the global threshold "
                                                  "(calibration is off)") for u in unique]
@@ -176,7 +183,6 @@ class FewShotClassifier:
                 unique, protos, thresholds = np.array([], str), np.zeros((0, dim), np.float32), []
             names = [str(u) for u in unique]
             index = {name: i for i, name in enumerate(names)}
-            neg_labels, neg_emb = self.gallery.embeddings(self.extractor.fingerprint, negative=True)
             keep = [i for i, lab in enumerate(neg_labels) if lab in index]  # negatives of a class with a prototype
             negatives = (center_normalize(neg_emb[keep], center) if keep
                          else np.zeros((0, dim), np.float32))
@@ -188,15 +194,27 @@ class FewShotClassifier:
 
     def scores(self, images: Sequence[np.ndarray], batch_size: int = 32) -> ClassScores:
         """The score of every query against every enrolled class (for smoothing over time), the
-        classes' thresholds and the head's choice; `batch_size` goes to the extractor's backend."""
+        classes' thresholds and the head's choice; `batch_size` goes to the extractor's backend.
+        With no class enrolled nothing is embedded."""
+        if not images or not self._prototypes().labels:
+            return self.score_queries(np.zeros((len(images), self.extractor.embedding_dim), np.float32))
+        return self.score_queries(self.embed(images, batch_size=batch_size))
+
+    def embed(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """(N, D) centred, L2-normalised embeddings: what `score_queries` takes (and what the
+        object tracker compares crops by)."""
+        return center_normalize(self.extractor.embed(images, batch_size=batch_size), self.extractor.center)
+
+    def score_queries(self, queries: np.ndarray) -> ClassScores:
+        """`scores` of queries embedded already (centred and normalised, as `embed` gives them)."""
         protos = self._prototypes()
         thresholds = np.array([t.threshold for t in protos.thresholds], np.float32)
-        if not images or not protos.labels:
-            # No classes: nothing to choose; no images: an empty choice.
-            chosen = np.zeros(len(images), np.int64) if protos.labels else None
-            return ClassScores(protos.labels, np.zeros((len(images), len(protos.labels)), np.float32),
+        if not len(queries) or not protos.labels:
+            # No classes: nothing to choose; no queries: an empty choice.
+            chosen = np.zeros(len(queries), np.int64) if protos.labels else None
+            return ClassScores(protos.labels, np.zeros((len(queries), len(protos.labels)), np.float32),
                                thresholds, chosen)
-        queries = center_normalize(self.extractor.embed(images, batch_size=batch_size), self.extractor.center)
+        queries = np.asarray(queries, np.float32)
         table = self._score(queries, protos, self.cohort)
         assert protos.head is not None
         chosen = protos.head.predict(queries) if protos.head.kind == "fitted" else table.argmax(axis=1)

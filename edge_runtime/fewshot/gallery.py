@@ -20,7 +20,13 @@ from typing import Self
 import numpy as np
 
 from edgessl.edge_runtime.fewshot.crops import encode_crop
-from edgessl.edge_runtime.fewshot.gallery_schema import SCHEMA, SCHEMA_VERSION, STAGED
+from edgessl.edge_runtime.fewshot.gallery_schema import (
+    MIGRATIONS,
+    READABLE_VERSIONS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    STAGED,
+)
 from edgessl.edge_runtime.fewshot.labels import label_key, normalize_label
 from edgessl.edge_runtime.fewshot.reembed import F32, Reembedding
 from edgessl.errors import GalleryError
@@ -76,6 +82,8 @@ class Gallery(Reembedding):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._changes = 0  # commits through this connection (data_version counts the others')
         self.read_only = False  # opened read-only: the file or its folder cannot be written
+        self._version = SCHEMA_VERSION
+        self._upgrading = False  # an older file is being migrated
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
         try:
@@ -86,7 +94,7 @@ class Gallery(Reembedding):
             self._migrate()
         except GalleryStorageError as exc:  # from _migrate's transaction
             self._db.close()
-            if exc.full:
+            if exc.full and not self._upgrading:  # an older file on a full disk can still be read
                 raise
             self._open_read_only(exc)
         except sqlite3.OperationalError as exc:
@@ -120,11 +128,11 @@ class Gallery(Reembedding):
                 db.close()
                 last = exc
                 continue
-            if version != SCHEMA_VERSION:
+            if version not in READABLE_VERSIONS:
                 db.close()
                 raise GalleryError(f"{self.path}: gallery schema version {version}; this edgessl reads "
-                                   f"version {SCHEMA_VERSION} (upgrade edgessl)")
-            self._db, self.read_only = db, True
+                                   f"versions {', '.join(map(str, READABLE_VERSIONS))} (upgrade edgessl)")
+            self._db, self.read_only, self._version = db, True, version
             log.warning("%s: the gallery cannot be written (%s); opened read-only", self.path, why)
             return
         raise GalleryError(f"{self.path}: cannot open the gallery, not even read-only: {last}") from last
@@ -134,16 +142,20 @@ class Gallery(Reembedding):
         staged = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'staged_embeddings'").fetchone()
         if version == SCHEMA_VERSION and staged:
             return  # nothing to write (a full or read-only disk can still be read)
+        self._upgrading = version in MIGRATIONS
         with self._transaction():
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
                         self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version in MIGRATIONS:
+                for statement in MIGRATIONS[version]:
+                    self._db.execute(statement)
             elif version != SCHEMA_VERSION:
                 raise GalleryError(f"{self.path}: gallery schema version {version}; this edgessl reads "
-                                   f"version {SCHEMA_VERSION} (upgrade edgessl)")
+                                   f"versions {', '.join(map(str, READABLE_VERSIONS))} (upgrade edgessl)")
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._db.execute(STAGED)
 
     @contextmanager
@@ -172,14 +184,16 @@ class Gallery(Reembedding):
 
     def add(
         self, label: str, crops: Sequence[np.ndarray], embeddings: np.ndarray, fingerprint: str,
-        *, negative: bool = False, max_side: int | None = None,
+        *, negative: bool = False, max_side: int | None = None, source: str | None = None,
     ) -> int:
         """Store exemplars of `label` (creating the class) in one transaction; return how many.
 
         `negative=True` stores them as negative examples: things that are *not* `label` but
         look like it. The label is normalised (`normalize_label`); a class whose label differs
         only in case is the same class. Crops are stored with their longest side at most
-        `max_side`. When this returns, the exemplars are on disk."""
+        `max_side`. `source` names what the crops are views of when they are not independent
+        shots (e.g. "track:17", the crops of one pass of an object): calibration then leaves the
+        whole source out at once. When this returns, the exemplars are on disk."""
         label = normalize_label(label)
         embeddings = np.asarray(embeddings, np.float32)
         if len(crops) == 0 or embeddings.ndim != 2 or len(embeddings) != len(crops):
@@ -194,9 +208,9 @@ class Gallery(Reembedding):
             else:
                 class_id, label = found
             db.executemany(
-                "INSERT INTO exemplars (class_id, crop, embedding, fingerprint, negative, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(class_id, blob, emb.astype(F32).tobytes(), fingerprint, int(negative), now)
+                "INSERT INTO exemplars (class_id, crop, embedding, fingerprint, negative, created_at, source) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(class_id, blob, emb.astype(F32).tobytes(), fingerprint, int(negative), now, source)
                  for blob, emb in zip(blobs, embeddings, strict=True)],
             )
         log.info("enrolled %d %sexemplars of %r", len(blobs), "negative " if negative else "", label)
@@ -286,6 +300,17 @@ class Gallery(Reembedding):
         if not rows:
             return [], np.zeros((0, 0), np.float32)
         return [r[0] for r in rows], np.stack([np.frombuffer(r[1], F32) for r in rows]).astype(np.float32)
+
+    def sources(self, fingerprint: str) -> tuple[list[str], np.ndarray, list[str | None]]:
+        """`embeddings` of the positive exemplars, with the source of each row (None: its own)."""
+        column = "e.source" if self._version >= 2 else "NULL"
+        rows = self._db.execute(
+            f"SELECT c.label, e.embedding, {column} FROM exemplars e JOIN classes c ON c.id = e.class_id "
+            "WHERE e.fingerprint = ? AND e.negative = 0 ORDER BY e.id", (fingerprint,)).fetchall()
+        if not rows:
+            return [], np.zeros((0, 0), np.float32), []
+        return ([r[0] for r in rows], np.stack([np.frombuffer(r[1], F32) for r in rows]).astype(np.float32),
+                [r[2] for r in rows])
 
     @property
     def revision(self) -> tuple[int, int]:

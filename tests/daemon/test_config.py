@@ -158,7 +158,8 @@ def test_the_shipped_example_is_valid():
     example = Path(__file__).resolve().parents[2] / "edge_runtime" / "deploy" / "edge.example.yaml"
     config, errors = check_text(example.read_text(), str(example), example.parent)
     assert config is not None, errors
-    assert [c.kind for c in config.cameras] == ["rtsp", "v4l2", "http", "file"]
+    assert [c.kind for c in config.cameras] == ["rtsp", "v4l2", "http", "file", "rtsp"]
+    assert config.cameras[-1].objects is not None and config.cameras[-1].region_list == []
     assert config.model.root == Path("/var/lib/edgessl/device")
 
 

@@ -9,40 +9,24 @@ CAP_SYS_ADMIN; the tests skip, saying so, where mounting is not permitted)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
 import cv2
 import httpx
 import numpy as np
 import pytest
 from daemon_helpers import RED, make_config, textured, wait_for, write_yaml
+from disks import fill, tmpfs
 
 from edgessl.edge_runtime.fewshot.gallery import Gallery
 
 TOKEN = "storage-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
-                       text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to make a real full / read-only filesystem (needs root or "
-                    f"CAP_SYS_ADMIN): {r.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def png(i: int) -> bytes:
@@ -54,17 +38,6 @@ def png(i: int) -> bytes:
 def enroll(url: str, label: str, n: int = 3) -> httpx.Response:
     files = [("images", (f"{i}.png", png(i), "image/png")) for i in range(n)]
     return httpx.post(f"{url}/v1/classes", headers=AUTH, data={"label": label}, files=files, timeout=30)
-
-
-def fill(folder: Path) -> Path:
-    """Write a file until the filesystem is full."""
-    filler = folder / "filler"
-    with open(filler, "wb") as f:
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\1" * 65536)
-                f.flush()
-    return filler
 
 
 def test_a_full_state_dir_is_a_clear_507_and_classes_can_still_be_deleted(tmp_path, tiny_bundle, clips,

@@ -5,12 +5,13 @@ that is down says why; storage problems show as a banner."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import httpx
 import pytest
-from daemon_helpers import make_config
+from daemon_helpers import make_config, wait_for
 
 from edgessl.edge_runtime.daemon.core import Daemon
 
@@ -135,3 +136,60 @@ def test_the_page_a_person_relies_on(tmp_path, tiny_bundle, clips, browser_page,
         page.wait_for_selector("#banner:visible")
         assert "read-only" in page.text_content("#banner")
         page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_the_page_shows_objects_and_names_one_from_its_track(tmp_path, tiny_bundle, browser_page, monkeypatch):
+    """A camera that tracks objects: the snapshot has each object's box, track id and label drawn
+    on it and listed under it; the strip of recent objects names one ("Enroll") from its track, and
+    then offers "Not <name>" on the tracks given that name."""
+    import cv2
+    import numpy as np
+
+    from edgessl import scene
+
+    monkeypatch.setitem(os.environ, "EDGESSL_API_TOKEN", TOKEN)
+    w, _ = scene.SIZE
+    ball = scene.SceneObject(1, "circle", (30, 30, 220), 32.0, (scene.Leg(0.3, 4.0, (-32.0, 180.0), (w + 32.0, 180.0)),),
+                             0.3, "evaluation")
+    clip = tmp_path / "yard.mp4"
+    scene.write(clip, [ball], tail_s=1.5)
+    config = make_config(tmp_path, tiny_bundle, [{"id": "yard", "url": str(clip), "loop": True, "objects": {}}],
+                         api={"port": 0})
+    page = browser_page
+    with Daemon(config) as daemon, httpx.Client(base_url=daemon.api_url, timeout=30) as client:
+        page.goto(daemon.api_url)
+        page.fill("#token", TOKEN)
+        page.click("#save-token")
+        # The object under the picture, as drawn on it.
+        page.wait_for_selector('.camera[data-camera="yard"] .objects .object')
+        item = page.locator('.camera[data-camera="yard"] .objects .object').first
+        track = int(item.get_attribute("data-track"))
+        assert item.locator(".id").text_content() == f"#{track}"
+        def with_objects() -> httpx.Response | None:
+            r = client.get("/v1/cameras/yard/snapshot.jpg")
+            return r if json.loads(r.headers["x-objects"]) else None
+
+        r = wait_for(with_objects, 20, "a snapshot with an object drawn")
+        x0, y0, x1, y1 = json.loads(r.headers["x-objects"])[0]["box"]
+        image = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
+        edge = image[(y0 + y1) // 2, max(0, x0):max(0, x0) + 2].astype(int)  # its box, in a state's colour
+        colours = np.array([[255, 190, 60], [0, 170, 255], [60, 200, 60]])
+        assert (np.abs(edge[:, None, :] - colours[None]).sum(axis=2) < 90).any(), edge
+
+        # The strip of recent objects: name the first one.
+        card = page.locator(f'#tracks .track[data-track="{track}"]')
+        card.wait_for()
+        assert card.locator("img").get_attribute("src") == f"/v1/tracks/{track}/best.jpg"
+        card.locator("input").fill("ball")
+        card.locator("button.enroll-track").click()
+        text_has(page, f'#tracks .track[data-track="{track}"] .result', 'as "ball"')
+        text_has(page, "#class-count", "(1 class)")
+        assert [c["label"] for c in client.get("/v1/classes").json()] == ["ball"]
+
+        # The next pass of the ball is named, and its card offers "Not ball".
+        page.wait_for_selector("#tracks button.reject-track", timeout=40_000)
+        reject = page.locator("#tracks button.reject-track").first
+        assert reject.text_content() == "Not ball"
+        reject.click()
+        page.wait_for_function("document.querySelector('#tracks .result')?.textContent.includes('negative')")
+        assert client.get("/v1/classes").json()[0]["negatives"] > 0

@@ -153,3 +153,52 @@ def test_bad_inputs_are_explained():
         calibrate_thresholds(labels, emb, None, np.zeros((3, 5)))
     with pytest.raises(GalleryError, match=r"\[-1, 1\]"):
         calibrate_thresholds(labels, emb, None, fallback=2.0)
+
+
+def test_loo_leaves_a_whole_source_out():
+    """Crops of one track are views of one object: each is scored against its class without any
+    crop of its own track, which is what the next object of the class will score."""
+    labels, emb = clusters([0.5, 0.5], n=6)
+    inverse = np.unique(labels, return_inverse=True)[1]
+    groups = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 4, 4])  # tracks within each class
+    x = center_normalize(emb)
+    got = loo_genuine_scores(x, inverse, 2, groups)
+    for i in range(len(x)):
+        others = [x[j] for j in range(len(x)) if groups[j] != groups[i] and inverse[j] == inverse[i]]
+        mean = [sum(col) / len(others) for col in zip(*others, strict=True)]
+        assert got[i] == pytest.approx(cos(x[i], mean), abs=1e-5)
+    alone = loo_genuine_scores(x[:3], np.zeros(3, int), 1, np.zeros(3, int))
+    assert np.isnan(alone).all()  # one source: nothing left to compare with
+
+
+def test_crops_of_one_track_do_not_calibrate_a_class():
+    """Five near-identical crops of one pass would give a threshold fitted to that one object; they
+    count as one view, so the class keeps the global threshold until it has three sources."""
+    rng = np.random.default_rng(1)
+    labels, emb = clusters([0.05, 0.6], n=6)
+    # c0: three objects (two crops each) around the class's direction, each crop near its object
+    objects = np.repeat(0.6 * rng.standard_normal((3, emb.shape[1])) / 4, 2, axis=0)
+    emb[:6] = emb[:6] + objects
+    one_track = ["track:1"] * 6 + [None] * 6
+    got = {t.label: t for t in calibrate_thresholds(labels, emb, None, fallback=0.3, sources=one_track)}
+    assert not got["c0"].calibrated and got["c0"].threshold == 0.3
+    assert "6 exemplars from 1 source" in got["c0"].reason
+    assert got["c1"].calibrated  # independent shots: as before
+    three = ["track:1", "track:1", "track:2", "track:2", "track:3", "track:3"] + [None] * 6
+    got = {t.label: t for t in calibrate_thresholds(labels, emb, None, fallback=0.3, sources=three)}
+    assert got["c0"].calibrated
+    plain = {t.label: t for t in calibrate_thresholds(labels, emb, None, fallback=0.3)}
+    assert plain["c0"].genuine_mean > got["c0"].genuine_mean + 0.05  # a new object scores lower than a new crop
+
+
+def test_negative_examples_raise_their_class_threshold():
+    """A rejected track ("not c0") that c0 would otherwise accept is an impostor of c0: the
+    threshold moves up towards it, and the reason says so."""
+    labels, emb = clusters([0.4, 0.4], n=8, seed=3)
+    base = {t.label: t for t in calibrate_thresholds(labels, emb, None, fallback=-1.0)}
+    x = center_normalize(emb)
+    near = center_normalize(x[:8].mean(0, keepdims=True) + 0.35 * x[8:11])  # look a lot like c0
+    with_neg = {t.label: t for t in calibrate_thresholds(labels, emb, None, fallback=-1.0,
+                                                         negatives=(["c0"] * 3, near))}
+    assert with_neg["c0"].threshold > base["c0"].threshold + 0.05
+    assert "negative examples" in with_neg["c0"].reason and "negative" not in with_neg["c1"].reason

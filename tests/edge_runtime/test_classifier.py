@@ -162,6 +162,9 @@ class FakeEmptyGallery:
     def embeddings(self, fingerprint, negative=False):
         return [], np.zeros((0, 16), np.float32)
 
+    def sources(self, fingerprint):
+        return [], np.zeros((0, 16), np.float32), []
+
 
 def test_class_scores_decisions_match_classify(extractor, gallery, color_images):
     clf = FewShotClassifier(extractor, gallery, threshold=0.3)

@@ -182,3 +182,25 @@ def test_bad_files_are_refused(tmp_path):
     with pytest.raises(GalleryError, match="no gallery there"):
         Gallery(tmp_path / "missing.db", create=False)
     assert not (tmp_path / "missing.db").exists()
+
+
+def test_a_version_1_gallery_is_upgraded_and_keeps_its_exemplars(tmp_path):
+    """Galleries written before exemplars had a source (version 1) open, gain the column, and
+    their exemplars count as independent shots; new ones can name their source (a track)."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TABLE classes (id INTEGER PRIMARY KEY, label TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL)")
+        raw.execute("CREATE TABLE exemplars (id INTEGER PRIMARY KEY, class_id INTEGER NOT NULL REFERENCES classes(id) "
+                    "ON DELETE CASCADE, crop BLOB NOT NULL, embedding BLOB NOT NULL, fingerprint TEXT NOT NULL, "
+                    "negative INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL)")
+        raw.execute("INSERT INTO classes (label, created_at) VALUES ('cat', 'then')")
+        raw.execute("INSERT INTO exemplars (class_id, crop, embedding, fingerprint, created_at) VALUES "
+                    "(1, x'ffd8', ?, 'm1', 'then')", (np.ones(4, np.float32).tobytes(),))
+        raw.execute("PRAGMA user_version = 1")
+        assert "source" not in [r[1] for r in raw.execute("PRAGMA table_info(exemplars)")]
+    with Gallery(path) as gallery:
+        gallery.add("cat", _crops(2), np.zeros((2, 4), np.float32), "m1", source="track:7")
+        labels, emb, sources = gallery.sources("m1")
+        assert labels == ["cat"] * 3 and sources == [None, "track:7", "track:7"] and emb.shape == (3, 4)
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2

@@ -40,6 +40,7 @@ from edgessl.edge_runtime.daemon.http.schemas import (
     errors,
     json_safe,
 )
+from edgessl.edge_runtime.daemon.http.tracks import router as tracks_router
 from edgessl.edge_runtime.daemon.http.uploads import BodyLimit, decode_scaled, image_size, receive_upload
 from edgessl.edge_runtime.daemon.metrics import CONTENT_TYPE
 from edgessl.edge_runtime.fewshot.labels import MAX_LABEL_CHARS
@@ -131,16 +132,18 @@ def create_app(daemon: Daemon, token: str) -> Any:
         return json_safe(daemon.pipeline.states())
 
     @app.get("/v1/cameras/{camera_id}/snapshot.jpg", summary="newest frame, with regions and labels drawn",
+             description="X-Region-States and X-Objects (JSON) carry the region states and the objects drawn.",
              response_class=Response,
              responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
                         **errors(404, 409, 422)})
     def snapshot(camera_id: str, annotate: bool = True) -> Response:
         # X-Region-States: the region states drawn on this picture (JSON, ASCII), so that the page
         # shows the same decision under the picture as on it.
-        jpeg, states = daemon.snapshot_with_states(camera_id, annotate=annotate)
+        jpeg, states, objects = daemon.snapshot_with_states(camera_id, annotate=annotate)
         return Response(jpeg, media_type="image/jpeg",
                         headers={"Cache-Control": "no-store",
-                                 "X-Region-States": json.dumps(json_safe(states), ensure_ascii=True)})
+                                 "X-Region-States": json.dumps(json_safe(states), ensure_ascii=True),
+                                 "X-Objects": json.dumps(json_safe(objects), ensure_ascii=True)})
 
     @app.get("/v1/events", summary="server-sent events: label changes and model switches",
              response_class=StreamingResponse)
@@ -333,6 +336,8 @@ def create_app(daemon: Daemon, token: str) -> Any:
         finally:
             if path is not None:
                 path.unlink(missing_ok=True)
+
+    app.include_router(tracks_router(daemon, require_token))
 
     # -- limits -----------------------------------------------------------------------------
 

@@ -52,6 +52,17 @@ def json_safe(value: Any) -> Any:
 # -- requests -----------------------------------------------------------------------------------
 
 
+def valid_label(value: str) -> str:
+    """The normalised label; a ValueError (422) saying what a valid label is."""
+    from edgessl.edge_runtime.fewshot.labels import normalize_label
+    from edgessl.errors import GalleryError
+
+    try:
+        return normalize_label(value)
+    except GalleryError as exc:
+        raise ValueError(str(exc)) from None
+
+
 class EnrollRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -73,13 +84,7 @@ class EnrollRequest(BaseModel):
     @field_validator("label")
     @classmethod
     def _label(cls, value: str) -> str:
-        from edgessl.edge_runtime.fewshot.labels import normalize_label
-        from edgessl.errors import GalleryError
-
-        try:
-            return normalize_label(value)
-        except GalleryError as exc:
-            raise ValueError(str(exc)) from None  # a 422 saying what a valid label is
+        return valid_label(value)
 
 
 class BackgroundRequest(BaseModel):
@@ -90,3 +95,87 @@ class BackgroundRequest(BaseModel):
     interval_s: float | None = Field(None, ge=0, le=60, allow_inf_nan=False, description="time between frames")
     timeout_s: float | None = Field(None, gt=0, le=600, allow_inf_nan=False,
                                     description="give up sampling after this long")
+
+
+class _Label(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(min_length=1, max_length=MAX_LABEL_CHARS, description="the class",
+                       json_schema_extra={"pattern": LABEL_SCHEMA["pattern"]})
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        return valid_label(value)
+
+
+class TrackEnrollRequest(_Label):
+    crops: int = Field(5, ge=1, le=100, description="most crops to enroll (the sharpest, then the least alike)")
+
+
+class TrackRejectRequest(_Label):
+    pass
+
+
+# -- answers ------------------------------------------------------------------------------------
+
+
+class ObjectView(BaseModel):
+    """An object a camera sees now (a confirmed, live track)."""
+
+    id: int = Field(description="the track id (GET /v1/tracks/{id})")
+    label: str | None = Field(description="its class, 'unknown', or null until enough crops were seen")
+    score: float = Field(description="mean score of `nearest` over its crops (cohort-normalised centred cosine)")
+    nearest: str | None = Field(description="the best class, also while unknown")
+    state: Literal["moving", "still", "stationary"] = Field(description="stationary: stopped, and kept by "
+                                                           "appearance after background subtraction absorbed it")
+    zones: list[str] = Field(description="zones holding the bottom centre of its box")
+    box: list[int] = Field(description="x0, y0, x1, y1 in the frame's pixels", min_length=4, max_length=4)
+    crops: int = Field(description="crops embedded so far")
+    first_seen: str
+    duration_s: float
+    frame: int = Field(description="the camera frame these figures are from")
+    capture_time: str
+    latency_ms: float = Field(description="from that frame's capture to these figures")
+
+
+class CameraObjects(BaseModel):
+    camera: str
+    frame_size: list[int] | None = Field(description="width, height")
+    zones: list[dict[str, Any]]
+    objects: list[ObjectView]
+    frames: int = Field(description="frames processed by the objects path")
+
+
+class TrackSummary(BaseModel):
+    """A recent track: live, or one that left (from the track store)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    camera: str
+    label: str | None
+    score: float
+    nearest: str | None
+    state: str = Field(description="moving, still, stationary, lost; 'ended' once it left")
+    zones: list[str]
+    box: list[int]
+    crops: int
+    first_seen: str
+    duration_s: float
+    live: bool
+
+
+class TrackDetail(TrackSummary):
+    crop_urls: list[str] = Field(description="its kept crops, sharpest first")
+
+
+class TrackEnrollAnswer(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    label: str
+    added: int
+    negative: bool
+    track: int
+    crops: int = Field(description="crops of the track enrolled")
+    quality: list[dict[str, Any]]

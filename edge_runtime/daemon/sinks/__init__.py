@@ -1,4 +1,8 @@
-"""Where label changes go: sinks are plain callables `sink(event) -> None`.
+"""Where events go: sinks are plain callables `sink(event) -> None`.
+
+An event is a region's label change (`Event`, `kind: "region"`) or something an object did
+(`ObjectEvent`, `kind: "object"`: entered, label, changed, left); both have `camera`, `device`
+and `as_dict()`, which is what the JSON-lines and webhook sinks write.
 
 Each sink runs on a worker thread of its own behind a bounded queue (`SinkRunner`), so a
 sink that raises, blocks or falls behind never stops or slows the inference loop or the
@@ -28,20 +32,17 @@ import queue
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from types import ModuleType
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar, Union
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, TypeVar, Union
 
 from pydantic import Field, model_validator
 
+from edgessl.edge_runtime.objects.events import ObjectEvent
 from edgessl.edge_runtime.schema import StrictModel
+from edgessl.edge_runtime.timestamps import iso
 from edgessl.errors import EdgesslError
 
 log = logging.getLogger(__name__)
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Event:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out["kind"] = "region"
         out["score"] = round(self.score, 4)
         out["capture_time"] = iso(self.capture_time)
         out["decision_time"] = iso(self.decision_time)
@@ -75,7 +77,8 @@ class Event:
         return out
 
 
-Sink = Callable[[Event], None]
+SinkEvent: TypeAlias = Event | ObjectEvent
+Sink = Callable[[SinkEvent], None]
 
 
 class SinkRunner:
@@ -88,13 +91,13 @@ class SinkRunner:
         self.delivered = 0
         self.errors = 0
         self.dropped = 0
-        self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=maxsize)
+        self._queue: queue.Queue[SinkEvent | None] = queue.Queue(maxsize=maxsize)
         self._on_error = on_error
         self._on_drop = on_drop
         self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
         self._thread.start()
 
-    def submit(self, event: Event) -> None:
+    def submit(self, event: SinkEvent) -> None:
         while True:
             try:
                 self._queue.put_nowait(event)

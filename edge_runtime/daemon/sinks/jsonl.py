@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from edgessl.edge_runtime.daemon.sinks import Event, SinkContext, SinkOptions
+from edgessl.edge_runtime.daemon.sinks import SinkContext, SinkEvent, SinkOptions
 from edgessl.edge_runtime.schema import ConfigPath
 
 NAME = "jsonl"
@@ -49,7 +49,7 @@ class JsonlSink:
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
 
-    def __call__(self, event: Event) -> None:
+    def __call__(self, event: SinkEvent) -> None:
         line = json.dumps(event.as_dict(), ensure_ascii=False) + "\n"
         if self._file.tell() and self._file.tell() + len(line.encode()) > self.max_bytes:
             self._rotate()

@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from edgessl.edge_runtime.daemon.sinks import Event, SinkContext, SinkOptions
+from edgessl.edge_runtime.daemon.sinks import Event, SinkContext, SinkEvent, SinkOptions
+from edgessl.edge_runtime.objects.events import ObjectEvent
 from edgessl.edge_runtime.schema import ConfigPath
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,9 @@ REQUIRES: tuple[str, ...] = ("paho.mqtt",)
 
 class MqttOptions(SinkOptions):
     """Topics: <prefix>/<device>/available (online/offline, retained, last will),
-    <prefix>/<device>/<camera>/<region>/state (JSON, retained) and <prefix>/<device>/events (JSON)."""
+    <prefix>/<device>/<camera>/<region>/state (JSON, retained), <prefix>/<device>/events (JSON, region
+    label changes), <prefix>/<device>/objects (JSON, what objects did) and
+    <prefix>/<device>/<camera>/objects (JSON, retained: the objects on the camera now, by label)."""
 
     type: Literal["mqtt"] = Field(description="publish to an MQTT broker")
     host: str = Field(description="broker host name or address")
@@ -51,6 +54,7 @@ class MqttSink:
         base = f"{options.topic_prefix}/{device}"
         self.availability_topic = f"{base}/available"
         self.events_topic = f"{base}/events"
+        self.objects_topic = f"{base}/objects"
         self._base = base
         self._states: dict[str, str] = {}  # topic -> payload, republished after a reconnection
         self._lock = threading.Lock()
@@ -72,6 +76,9 @@ class MqttSink:
 
     def state_topic(self, camera: str, region: str) -> str:
         return f"{self._base}/{camera}/{region}/state"
+
+    def present_topic(self, camera: str) -> str:
+        return f"{self._base}/{camera}/objects"
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
         if getattr(reason, "is_failure", False):
@@ -98,13 +105,18 @@ class MqttSink:
         if info.rc != mqtt.MQTT_ERR_SUCCESS and self.options.qos == 0:
             raise RuntimeError(f"MQTT not connected: message to {topic} lost (QoS 0)")
 
-    def __call__(self, event: Event) -> None:
-        state_topic = self.state_topic(event.camera, event.region)
-        state = json.dumps(event.state())
+    def __call__(self, event: SinkEvent) -> None:
+        if isinstance(event, ObjectEvent):
+            retained, state = self.present_topic(event.camera), json.dumps(event.present)
+            message = (self.objects_topic, json.dumps(event.as_dict()))
+        else:
+            assert isinstance(event, Event)
+            retained, state = self.state_topic(event.camera, event.region), json.dumps(event.state())
+            message = (self.events_topic, json.dumps(event.as_dict()))
         with self._lock:
-            self._states[state_topic] = state
-        self._publish(state_topic, state, retain=True)
-        self._publish(self.events_topic, json.dumps(event.as_dict()), retain=False)
+            self._states[retained] = state
+        self._publish(retained, state, retain=True)
+        self._publish(*message, retain=False)
 
     def close(self, timeout: float = 1.0) -> None:
         """Say offline (retained), then disconnect: a clean stop does not need the last will."""

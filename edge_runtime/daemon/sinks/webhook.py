@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from edgessl.edge_runtime.daemon.sinks import Event, SinkContext, SinkOptions
+from edgessl.edge_runtime.daemon.sinks import SinkContext, SinkEvent, SinkOptions
 
 NAME = "webhook"
 REQUIRES: tuple[str, ...] = ("httpx",)
@@ -38,7 +38,7 @@ class WebhookSink:
         self._own_stop = stop is None
         self._client = httpx.Client(timeout=options.timeout_s, headers=options.headers)
 
-    def __call__(self, event: Event) -> None:
+    def __call__(self, event: SinkEvent) -> None:
         import httpx
 
         delay = self.options.backoff_s

@@ -64,12 +64,28 @@ function showStates(card, states) {
   }
 }
 
+// The objects drawn on the snapshot (boxes with track ids and labels), listed under it.
+function showObjects(card, objects) {
+  const list = $(".objects", card);
+  list.replaceChildren(...objects.map((o) => {
+    const label = o.label === null ? "…" : o.label;
+    const near = o.label === "unknown" && o.nearest ? ` (nearest ${o.nearest})` : "";
+    const where = o.zones.length ? ` · in ${o.zones.join(", ")}` : "";
+    const item = el("li", { className: "object" }, el("span", { className: "id", textContent: `#${o.id}` }),
+      el("span", { className: `label ${o.label === null ? "pending" : o.label === "unknown" ? "unknown" : ""}`, textContent: label }),
+      el("span", { className: "muted", textContent: `${o.score.toFixed(2)}${near} · ${o.state}${where}` }));
+    item.dataset.track = o.id;
+    return item;
+  }));
+}
+
 async function refreshSnapshot(card, cameraId) {
   const img = $("img", card);
   try {
     const r = await fetch(`/v1/cameras/${encodeURIComponent(cameraId)}/snapshot.jpg?t=${Date.now()}`, { cache: "no-store" });
     if (r.ok) {
       const states = JSON.parse(r.headers.get("X-Region-States") || "[]");
+      const objects = JSON.parse(r.headers.get("X-Objects") || "[]");
       const url = URL.createObjectURL(await r.blob());
       await new Promise((resolve) => {
         img.onload = img.onerror = resolve;
@@ -79,6 +95,7 @@ async function refreshSnapshot(card, cameraId) {
       img.dataset.url = url;
       card.classList.add("has-frame");
       showStates(card, states);
+      showObjects(card, objects);
     }
   } catch (err) { /* the daemon restarts or the network blinks: try again */ }
   setTimeout(() => refreshSnapshot(card, cameraId), card.classList.contains("has-frame") ? 250 : 1000);
@@ -110,15 +127,16 @@ function buildCameras() {
       el("div", { className: "title" }, el("strong", { textContent: cam.id }), el("span", { className: "state" })),
       el("p", { className: "reason", hidden: true }),
       el("div", { className: "frame" }, el("img", { alt: `camera ${cam.id}` }), el("div", { className: "placeholder" })),
-      regions);
+      regions, el("ul", { className: "objects" }));
     card.dataset.camera = cam.id;
     root.append(card);
     showCameraState(card, cam);
     refreshSnapshot(card, cam.id);
   }
   const select = $("#enroll-camera");
-  select.replaceChildren(...cameras.map((c) => el("option", { value: c.id, textContent: c.id })));
+  select.replaceChildren(...cameras.filter((c) => c.regions.length).map((c) => el("option", { value: c.id, textContent: c.id })));
   fillRegions();
+  if (cameras.some((c) => c.objects)) { $("#tracks-section").hidden = false; loadTracks(); }
 }
 
 function fillRegions() {
@@ -225,6 +243,62 @@ $("#background-button").addEventListener("click", async () => {
   }
 });
 
+// -- recent objects: enroll from a track ("that is X") or reject it ("not X") -----------------
+function trackCard(t) {
+  const label = t.label === null ? "…" : t.label;
+  const near = t.label === "unknown" && t.nearest ? ` (nearest ${t.nearest})` : "";
+  const result = el("div", { className: "result muted" });
+  const name = el("input", { placeholder: "name it", maxLength: 64, required: true });
+  const form = el("form", {}, name, el("button", { type: "submit", className: "enroll-track", textContent: "Enroll" }));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    result.className = "result muted";
+    result.textContent = "enrolling…";
+    try {
+      const r = await api(`/v1/tracks/${t.id}/enroll`, { method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ label: name.value.trim() }) });
+      result.textContent = `enrolled ${plural(r.added, "crop")} as "${r.label}"`;
+      loadClasses();
+    } catch (err) { result.className = "result error"; result.textContent = explain(err, "not enrolled"); }
+  });
+  const children = [el("img", { src: `/v1/tracks/${t.id}/best.jpg`, alt: `track ${t.id}` }),
+    el("div", {}, el("span", { className: "muted", textContent: `#${t.id} ` }),
+      el("span", { className: `label ${t.label === "unknown" ? "unknown" : ""}`, textContent: label }),
+      el("span", { className: "muted", textContent: near })),
+    el("div", { className: "muted", textContent: `${t.camera} · ${t.live ? t.state : "left"} · ${t.duration_s.toFixed(1)} s` +
+      (t.zones.length ? ` · ${t.zones.join(", ")}` : "") }), form];
+  const wrong = t.label && t.label !== "unknown" ? t.label : null;
+  if (wrong) {
+    const reject = el("button", { type: "button", className: "secondary reject-track", textContent: `Not ${wrong}` });
+    reject.addEventListener("click", async () => {
+      try {
+        const r = await api(`/v1/tracks/${t.id}/reject`, { method: "POST", headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ label: wrong }) });
+        result.className = "result muted";
+        result.textContent = `added ${plural(r.added, "negative")} of "${r.label}"`;
+        loadClasses();
+      } catch (err) { result.className = "result error"; result.textContent = explain(err, "not rejected"); }
+    });
+    children.push(reject);
+  }
+  children.push(result);
+  const card = el("div", { className: `track${t.live ? " live" : ""}` }, ...children);
+  card.dataset.track = t.id;
+  return card;
+}
+
+async function loadTracks() {
+  const root = $("#tracks");
+  // A card someone is typing a name into is kept as it is.
+  const busy = root.contains(document.activeElement) ? document.activeElement.closest(".track") : null;
+  try {
+    const tracks = await api("/v1/tracks?limit=24");
+    if (!tracks.length) root.replaceChildren(el("p", { className: "muted", textContent: "no objects yet: they appear when something moves in view" }));
+    else root.replaceChildren(...tracks.map((t) => (busy && busy.dataset.track === String(t.id) ? busy : trackCard(t))));
+  } catch (err) { /* the daemon restarts: try again */ }
+  setTimeout(loadTracks, 3000);
+}
+
 // -- toast with undo ---------------------------------------------------------------------------
 let toastTimer = null;
 function toast(text, undo = null, seconds = 5) {
@@ -299,6 +373,13 @@ function listenEvents() {
     const e = JSON.parse(msg.data);
     const near = e.label === "unknown" && e.nearest ? `, nearest ${e.nearest}` : "";
     show(`${e.decision_time} ${e.camera}/${e.region}: ${e.previous ?? "—"} → ${e.label} (${e.score.toFixed(2)}${near}, ${e.latency_ms} ms)`);
+  });
+  source.addEventListener("object", (msg) => {
+    const e = JSON.parse(msg.data);
+    const what = { entered: "entered", label: `is ${e.label}`, changed: `${e.previous} → ${e.label}`,
+      left: `left after ${e.duration_s.toFixed(1)} s (${e.label ?? "unnamed"})` }[e.event];
+    const where = e.zones.length ? ` in ${e.zones.join(", ")}` : "";
+    show(`${e.decision_time} ${e.camera} #${e.track}${where}: ${what}`);
   });
   source.addEventListener("model", (msg) => {
     const e = JSON.parse(msg.data);
