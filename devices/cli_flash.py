@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", default=None, help="the daemon's bearer token (default: $EDGESSL_TOKEN)")
     parser.add_argument("--allow-downgrade", action="store_true",
                         help="install even when the bundle's version is not newer than the installed one")
+    parser.add_argument("--allow-model-change", action="store_true",
+                        help="install a bundle of another model than the one the device runs (refused "
+                             "otherwise: a fleet key signs every model of a fleet); logged on the device")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,15 +33,17 @@ def run(args: argparse.Namespace) -> int:
 
     token = args.token or os.environ.get(TOKEN_ENV)
     if args.to:
-        outcome = flash(args.bundle, args.to, token=token, allow_downgrade=args.allow_downgrade)
+        outcome = flash(args.bundle, args.to, token=token, allow_downgrade=args.allow_downgrade,
+                        allow_model_change=args.allow_model_change)
         if isinstance(outcome, InstallResult):
             print(outcome.reason)  # the steps were logged as they happened
         else:
-            print(json.dumps(outcome, indent=2, sort_keys=True))
+            print(json.dumps(outcome.model_dump(), indent=2, sort_keys=True))
         return 0
 
     fleet = load_fleet(args.fleet)
-    results = flash_fleet(args.bundle, fleet, allow_downgrade=args.allow_downgrade, token=token,
+    results = flash_fleet(args.bundle, fleet, allow_downgrade=args.allow_downgrade,
+                          allow_model_change=args.allow_model_change, token=token,
                           on_result=lambda r: print(f"{r.name}: {r.status} ({r.reason})", flush=True))
     print()
     print(format_table(["device", "target", "status", "version", "slot", "seconds", "reason"],

@@ -37,6 +37,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from edgessl.edge_runtime.bundle.manifest import MANIFEST, Manifest, load_bundle, read_manifest
 from edgessl.edge_runtime.bundle.signing import SIGNATURE
+from edgessl.edge_runtime.daemon.http.responses import InstallAnswer
 from edgessl.edge_runtime.device.installer import InstallResult, install
 from edgessl.edge_runtime.device.profiles import load_profile
 from edgessl.edge_runtime.device.slots import profile_path
@@ -97,9 +98,9 @@ def pack_bundle(bundle: str | Path, out: str | Path) -> Path:
 
 
 def push(bundle: str | Path, url: str, token: str | None, *, allow_downgrade: bool = False,
-         timeout_s: float = INSTALL_TIMEOUT_S) -> dict[str, Any]:
-    """Upload a bundle (directory or .tar) to a running daemon and return its JSON answer
-    when the install succeeded; FlashError (with `answer`) when it did not."""
+         allow_model_change: bool = False, timeout_s: float = INSTALL_TIMEOUT_S) -> InstallAnswer:
+    """Upload a bundle (directory or .tar) to a running daemon and return its answer (the type
+    the route answers with) when the install succeeded; FlashError (with `answer`) when it did not."""
     import httpx
 
     bundle = Path(bundle)
@@ -116,7 +117,8 @@ def push(bundle: str | Path, url: str, token: str | None, *, allow_downgrade: bo
                     endpoint,
                     headers={"Authorization": f"Bearer {token}"},
                     files={"bundle": ("bundle.tar", f, "application/x-tar")},
-                    data={"allow_downgrade": "true" if allow_downgrade else "false"},
+                    data={"allow_downgrade": "true" if allow_downgrade else "false",
+                          "allow_model_change": "true" if allow_model_change else "false"},
                     timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S),
                 )
         except httpx.ConnectError as exc:
@@ -124,7 +126,7 @@ def push(bundle: str | Path, url: str, token: str | None, *, allow_downgrade: bo
                              f"and the address and port right?)") from exc
         except httpx.TimeoutException as exc:
             raise FlashError(f"no answer from {endpoint} within the time limit ({exc}); the install may still "
-                             f"be running: check with GET {url.rstrip('/')}/v1/health") from exc
+                             f"be running: check with GET {url.rstrip('/')}/v1/model") from exc
         except httpx.HTTPError as exc:
             raise FlashError(f"upload to {endpoint} failed: {exc}") from exc
     try:
@@ -133,10 +135,14 @@ def push(bundle: str | Path, url: str, token: str | None, *, allow_downgrade: bo
         answer = {"detail": response.text[:500]}
     if not isinstance(answer, dict):
         answer = {"detail": answer}
-    if response.status_code in (401, 403):
-        raise FlashError(f"{url} refused the token (HTTP {response.status_code}): {_reason(answer)}", answer)
+    if response.status_code == 401:
+        raise FlashError(f"{url} refused the token (HTTP 401): {_reason(answer)}", answer)
     if response.is_success and answer.get("ok", True) is not False:
-        return answer
+        try:
+            return InstallAnswer.model_validate(answer)
+        except ValidationError as exc:
+            raise FlashError(f"{url} answered the upload with something that is not an install answer "
+                             f"({exc.error_count()} problems; an older daemon?): {str(answer)[:300]}", answer) from exc
     raise FlashError(f"{url} refused the bundle (HTTP {response.status_code}): {_reason(answer)}", answer)
 
 
@@ -177,19 +183,19 @@ def input_size_warning(bundle: str | Path, root: str | Path) -> str | None:
             f"{ph}x{pw}); export a model trained or distilled at {ph}x{pw} for this device")
 
 
-def flash(bundle: str | Path, target: str, *, token: str | None = None,
-          allow_downgrade: bool = False) -> InstallResult | dict[str, Any]:
+def flash(bundle: str | Path, target: str, *, token: str | None = None, allow_downgrade: bool = False,
+          allow_model_change: bool = False) -> InstallResult | InstallAnswer:
     """Flash one device: a device root path (local install) or a daemon URL (push)."""
     if is_url(target):
-        return push(bundle, target, token, allow_downgrade=allow_downgrade)
+        return push(bundle, target, token, allow_downgrade=allow_downgrade, allow_model_change=allow_model_change)
     warning = input_size_warning(bundle, target)
     if warning is not None:
         log.warning("%s", warning)
-    return install(Path(target), Path(bundle), allow_downgrade=allow_downgrade)
+    return install(Path(target), Path(bundle), allow_downgrade=allow_downgrade, allow_model_change=allow_model_change)
 
 
 def flash_one(bundle: str | Path, name: str, target: str, *, token: str | None = None,
-              allow_downgrade: bool = False) -> FlashResult:
+              allow_downgrade: bool = False, allow_model_change: bool = False) -> FlashResult:
     """Flash one device and report, never raise (a fleet goes on reporting)."""
     start = time.monotonic()
 
@@ -197,13 +203,14 @@ def flash_one(bundle: str | Path, name: str, target: str, *, token: str | None =
         return FlashResult(name, target, status, version, slot, reason, round(time.monotonic() - start, 2))
 
     try:
-        outcome = flash(bundle, target, token=token, allow_downgrade=allow_downgrade)
+        outcome = flash(bundle, target, token=token, allow_downgrade=allow_downgrade,
+                        allow_model_change=allow_model_change)
     except InstallError as exc:
         result = exc.result if isinstance(exc.result, InstallResult) else None
         return done("failed", result.version if result else None, result.slot if result else None, str(exc))
     except FlashError as exc:
-        answer = exc.answer or {}
-        return done("failed", answer.get("version"), answer.get("slot"), str(exc))
+        steps = (exc.answer or {}).get("install") or {}  # a refusal's answer carries the installer's steps
+        return done("failed", steps.get("version"), steps.get("slot"), str(exc))
     except EdgesslError as exc:
         return done("failed", None, None, str(exc))
     except Exception as exc:  # one device's surprise must not hide the others' results
@@ -211,7 +218,7 @@ def flash_one(bundle: str | Path, name: str, target: str, *, token: str | None =
         return done("failed", None, None, f"{type(exc).__name__}: {exc}")
     if isinstance(outcome, InstallResult):
         return done("ok", outcome.version, outcome.slot, outcome.reason)
-    return done("ok", outcome.get("version"), outcome.get("slot"), str(outcome.get("reason", "installed")))
+    return done("ok", outcome.install.version, outcome.install.slot, outcome.install.reason)
 
 
 # -- fleets --------------------------------------------------------------------------------
@@ -267,8 +274,9 @@ def load_fleet(path: str | Path) -> Fleet:
         raise FlashError(f"{path}: invalid fleet file: {problems}") from exc
 
 
-def flash_fleet(bundle: str | Path, fleet: Fleet, *, allow_downgrade: bool = False, token: str | None = None,
-                on_result: Callable[[FlashResult], None] | None = None) -> list[FlashResult]:
+def flash_fleet(bundle: str | Path, fleet: Fleet, *, allow_downgrade: bool = False, allow_model_change: bool = False,
+                token: str | None = None, on_result: Callable[[FlashResult], None] | None = None
+                ) -> list[FlashResult]:
     """Canary first, then the rest `fleet.workers` at a time; the first failure stops the
     rollout (devices not started yet are skipped). Results in the fleet file's order."""
     canary = fleet.canary
@@ -289,7 +297,7 @@ def flash_fleet(bundle: str | Path, fleet: Fleet, *, allow_downgrade: bool = Fal
             else:
                 log.info("flashing %s (%s)", device.name, device.target)
                 result = flash_one(bundle, device.name, device.target, token=device_token,
-                                   allow_downgrade=allow_downgrade)
+                                   allow_downgrade=allow_downgrade, allow_model_change=allow_model_change)
             if result.status == "failed":
                 with lock:
                     if not stopped_by:

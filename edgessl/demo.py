@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from edgessl import synthetic
 from edgessl.demo_device import DaemonProcess, edgessl, enroll, http
 from edgessl.demo_figures import labels_per_frame, percentile, random_weights_accuracy, settle_frames, steady
 
@@ -77,10 +78,6 @@ def _say(step: str, what: str) -> None:
 # ---------------------------------------------------------------- the demo
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from edgessl import synthetic
-
     if args.scene == "objects":
         from edgessl.demo_objects import run_objects
 
@@ -97,15 +94,66 @@ def run(args: argparse.Namespace) -> int:
         return time.monotonic()
 
     t = time.monotonic()
+    support, qdir, video, truth = _render(args, data)
+    t = lap("data", t)
+    _, student = train_and_flash(args, out, data, root, lap, steps=("2/8", "3/8", "4/8", "5/8"))
+    t = time.monotonic()
+
+    _say("6/8 daemon", "edgessl run: the video as a looping camera, one region, a JSON-lines sink")
+    events_path = out / "events.jsonl"
+    _write_config(root, video, events_path)
+    daemon = DaemonProcess(root, out / "daemon.log")
+    try:
+        url = daemon.wait_ready()
+        token = daemon.token()
+        model = http("GET", f"{url}/v1/model", token)
+        print(f"daemon pid {daemon.proc.pid}, API {url}, model {model['name']}:{model['version']} "
+              f"backend {model['backend']} artifact {model['artifact']} ({model.get('why', '')})")
+        t = lap("daemon start", t)
+
+        _say("7/8 enroll", f"every class through POST /v1/classes, {SHOTS} images each")
+        for kind, paths in support.items():
+            answer = enroll(url, token, kind, paths)
+            print(f"  {kind:<9} {answer.get('exemplars', answer) if isinstance(answer, dict) else answer}")
+        enrolled_at = max(s["frame"] for s in http("GET", f"{url}/v1/state", token))
+
+        _say("8/8 watch", "the daemon's labels from the JSON-lines sink over one loop of the video")
+        first = enrolled_at + 2 * args.fps  # after the last enrollment the smoother settles for a moment
+        last = first + len(truth) - 1
+        latencies = _watch(daemon, url, token, last, out)
+        events = [json.loads(line) for line in events_path.read_text().splitlines() if line.strip()]
+        shown = labels_per_frame(events, "bench", "tray", first, last)
+        t = lap("enroll + watch", t)
+
+        held, rejected = _held_out(root, qdir)
+        query = {k: sorted((qdir / k).iterdir()) for k in synthetic.CLASSES}
+        rand = random_weights_accuracy(student, support, query, args.seed)
+        t = lap("held-out + baseline", t)
+
+        video_ok, video_all = _video_scores(truth, shown, first, last, out / "video_decisions.jsonl")
+        _report(args, held, rejected, video_ok, video_all, rand, model, latencies, events, len(truth),
+                sum(len(v) for v in query.values()), time.monotonic() - t_start)
+        print("steps: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+        print(f"\npage: {url}/   (token: {root / 'state' / 'api-token'})\noutputs in {out}: bundle/, device/, "
+              f"events.jsonl, video_decisions.jsonl, daemon.log\nagain: edgessl run --root {root}")
+        if args.serve:
+            daemon.serve(url)
+    finally:
+        daemon.stop()
+    return 0
+
+
+def _render(args: argparse.Namespace, data: Path) -> tuple[dict[str, list[Path]], Path, Path, list[str]]:
+    """Unlabeled renders, held-out shots (the supports to enroll, the rest as queries in class
+    folders) and the camera video with its per-frame truth."""
     _say("1/8 data", "rendering shapes and a camera video (procedural, no download)")
     synthetic.write_image_set(data / "unlabeled", args.per_class, size=64, seed=args.seed)
     held_out = synthetic.write_image_set(data / "held_out", args.held_out, size=64, seed=args.seed + 100)
     support = {k: v[:SHOTS] for k, v in held_out.items()}
-    query = {k: v[SHOTS:] for k, v in held_out.items()}
     qdir = data / "queries"
-    for k, paths in query.items():
+    for k, paths in held_out.items():
         (qdir / k).mkdir(parents=True)
-        for p in paths:
+        for p in paths[SHOTS:]:
             shutil.copy(p, qdir / k / p.name)
     video = data / "video.mp4"
     truth = synthetic.write_camera_video(video, args.seconds_per_class, args.fps, seed=args.seed + 7)
@@ -113,13 +161,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.per_class * len(synthetic.CLASSES)} unlabeled images in {data / 'unlabeled'} (their folder names "
           f"are never read)\n{len(truth)}-frame camera video {video} "
           f"({args.fps} fps, {args.seconds_per_class:g} s per class), classes: {', '.join(synthetic.CLASSES)}")
-    t = lap("data", t)
+    return support, qdir, video, truth
 
-    bundle, student = train_and_flash(args, out, data, root, lap, steps=("2/8", "3/8", "4/8", "5/8"))
-    t = time.monotonic()
 
-    _say("6/8 daemon", "edgessl run: the video as a looping camera, one region, a JSON-lines sink")
-    events_path = out / "events.jsonl"
+def _write_config(root: Path, video: Path, events_path: Path) -> None:
+    import yaml
+
     config = {
         "device": "demo", "state_dir": "state", "model": {"root": "."},
         "classifier": {"threshold": THRESHOLD},
@@ -131,124 +178,100 @@ def run(args: argparse.Namespace) -> int:
     }
     (root / "edge.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     print(f"config {root / 'edge.yaml'} (ROOT/edge.yaml is read by `edgessl run --root ROOT`)")
-    daemon = DaemonProcess(root, out / "daemon.log")
-    try:
-        url = daemon.wait_ready()
-        token = (os.environ.get("EDGESSL_API_TOKEN") or (root / "state" / "api-token").read_text()).strip()
-        model = http("GET", f"{url}/v1/model")
-        print(f"daemon pid {daemon.proc.pid}, API {url}, model {model['name']}:{model['version']} "
-              f"backend {model['backend']} artifact {model['artifact']} ({model.get('why', '')})")
-        t = lap("daemon start", t)
 
-        _say("7/8 enroll", f"every class through POST /v1/classes, {SHOTS} images each")
-        for kind, paths in support.items():
-            answer = enroll(url, token, kind, paths)
-            print(f"  {kind:<9} {answer.get('exemplars', answer) if isinstance(answer, dict) else answer}")
-        enrolled_at = max(s["frame"] for s in http("GET", f"{url}/v1/state"))
 
-        _say("8/8 watch", "the daemon's labels from the JSON-lines sink over one loop of the video")
-        n = len(truth)
-        first = enrolled_at + 2 * args.fps  # after the last enrollment the smoother settles for a moment
-        last = first + n - 1
-        latencies: dict[int, float] = {}
-        while True:
-            states = http("GET", f"{url}/v1/state")
-            for s in states:
-                if s["latency_ms"] is not None:
-                    latencies[s["frame"]] = s["latency_ms"]
-            newest = max(s["frame"] for s in states)
-            if newest > last + 2:
-                break
-            if daemon.proc.poll() is not None:
-                raise RuntimeError(f"the daemon exited ({daemon.proc.returncode}); see {out / 'daemon.log'}")
-            time.sleep(0.05)
-        time.sleep(0.5)  # the sink writes on its own thread
-        events = [json.loads(line) for line in events_path.read_text().splitlines() if line.strip()]
-        shown = labels_per_frame(events, "bench", "tray", first, last)
-        t = lap("enroll + watch", t)
+def _watch(daemon: DaemonProcess, url: str, token: str, last: int, out: Path) -> dict[int, float]:
+    """Follow the daemon's decisions until frame `last` has passed; latency per frame."""
+    latencies: dict[int, float] = {}
+    while True:
+        states = http("GET", f"{url}/v1/state", token)
+        for s in states:
+            if s["latency_ms"] is not None:
+                latencies[s["frame"]] = s["latency_ms"]
+        if max(s["frame"] for s in states) > last + 2:
+            break
+        if daemon.proc.poll() is not None:
+            raise RuntimeError(f"the daemon exited ({daemon.proc.returncode}); see {out / 'daemon.log'}")
+        time.sleep(0.05)
+    time.sleep(0.5)  # the sink writes on its own thread
+    return latencies
 
-        # Held-out images through the device's command, against the gallery the daemon enrolled.
-        # Accuracy is the class the head chose ("nearest"); how many of them the calibrated
-        # thresholds would still call "unknown" is counted apart, as it is a different question.
-        lines = edgessl("classify", "--root", root, "--gallery", root / "state" / "gallery.db",
-                         "--threshold", str(THRESHOLD), qdir).splitlines()  # the daemon's global threshold
-        held = {k: [0, 0] for k in synthetic.CLASSES}
-        rejected = 0
-        for line in lines:
-            rec = json.loads(line)
-            kind = Path(rec["source"]).parent.name
-            held[kind][0] += rec.get("nearest", rec["label"]) == kind  # "nearest" comes with "unknown"
-            held[kind][1] += 1
-            rejected += rec["label"] == "unknown"
-        rand = random_weights_accuracy(student, support, query, args.seed)
-        t = lap("held-out + baseline", t)
 
-        # Video: a frame counts once the object has been in the region for SETTLE frames.
-        settle = settle_frames(CONSECUTIVE)
-        video_all = {k: [0, 0] for k in synthetic.CLASSES}
-        video_ok = {k: [0, 0] for k in synthetic.CLASSES}
+def _held_out(root: Path, qdir: Path) -> tuple[dict[str, list[int]], int]:
+    """Held-out images through the device's command, against the gallery the daemon enrolled.
+    Accuracy is the class the head chose ("nearest"); how many of them the calibrated thresholds
+    would still call "unknown" is counted apart, as it is a different question."""
+    lines = edgessl("classify", "--root", root, "--gallery", root / "state" / "gallery.db",
+                     "--threshold", str(THRESHOLD), qdir).splitlines()  # the daemon's global threshold
+    held = {k: [0, 0] for k in synthetic.CLASSES}
+    rejected = 0
+    for line in lines:
+        rec = json.loads(line)
+        kind = Path(rec["source"]).parent.name
+        held[kind][0] += rec.get("nearest", rec["label"]) == kind  # "nearest" comes with "unknown"
+        held[kind][1] += 1
+        rejected += rec["label"] == "unknown"
+    return held, rejected
+
+
+def _video_scores(truth: list[str], shown: dict[int, str], first: int, last: int,
+                  decisions: Path) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Per class (right, counted): a frame counts once the object has been in the region for
+    SETTLE frames (the first), and in all frames (the second); every frame is written out."""
+    n, settle = len(truth), settle_frames(CONSECUTIVE)
+    video_all = {k: [0, 0] for k in synthetic.CLASSES}
+    video_ok = {k: [0, 0] for k in synthetic.CLASSES}
+    with open(decisions, "w") as f:
         for seq in range(first, last + 1):
             pos = (seq - 1) % n
-            kind = truth[pos]
-            label = shown.get(seq)
+            kind, label, counted = truth[pos], shown.get(seq), steady(truth, pos, settle)
             video_all[kind][0] += label == kind
             video_all[kind][1] += 1
-            if steady(truth, pos, settle):
+            if counted:
                 video_ok[kind][0] += label == kind
                 video_ok[kind][1] += 1
-        with open(out / "video_decisions.jsonl", "w") as f:
-            for seq in range(first, last + 1):
-                f.write(json.dumps({"frame": seq, "position": (seq - 1) % n, "truth": truth[(seq - 1) % n],
-                                    "label": shown.get(seq),
-                                    "counted": steady(truth, (seq - 1) % n, settle)}) + "\n")
+            f.write(json.dumps({"frame": seq, "position": pos, "truth": kind, "label": label,
+                                "counted": counted}) + "\n")
+    return video_ok, video_all
 
-        lat = list(latencies.values())
-        ev_lat = [e["latency_ms"] for e in events]
 
-        def pct(c: Sequence[int]) -> str:
-            return f"{100 * c[0] / c[1]:.1f}%" if c[1] else "-"
+def _pct(c: Sequence[int]) -> str:
+    return f"{100 * c[0] / c[1]:.1f}%" if c[1] else "-"
 
-        print(f"\n{'class':<10} {'held-out':>9} {'video':>8} {'(all frames)':>13} {'random weights':>15}")
-        for k in synthetic.CLASSES:
-            print(f"{k:<10} {pct(held[k]):>9} {pct(video_ok[k]):>8} {pct(video_all[k]):>13} {100 * rand[k]:>14.1f}%")
 
-        def total(d: dict[str, list[int]]) -> list[int]:
-            return [sum(v[0] for v in d.values()), sum(v[1] for v in d.values())]
+def _total(d: dict[str, list[int]]) -> list[int]:
+    return [sum(v[0] for v in d.values()), sum(v[1] for v in d.values())]
 
-        def worst(d: dict[str, list[int]]) -> str:
-            return f"{min(100 * v[0] / v[1] for v in d.values() if v[1]):.1f}%"
 
-        print(f"{'all':<10} {pct(total(held)):>9} {pct(total(video_ok)):>8} {pct(total(video_all)):>13} "
-              f"{100 * sum(rand.values()) / len(rand):>14.1f}%   (chance {100 / len(synthetic.CLASSES):.0f}%)")
-        print(f"\nvideo rule: the daemon's smoothed label at every frame of one loop ({n} frames, read from the "
-              f"JSON-lines sink); the first {settle} frames ({settle / args.fps:.2f} s) after each change of the "
-              f"object in the region are transitions (EMA alpha {ALPHA} + {CONSECUTIVE} frames in a row) and are "
-              f"not counted; '(all frames)' counts them.")
-        n_held = sum(len(v) for v in query.values())
-        print(f"held-out: {n_held} images never enrolled, `edgessl classify --root`, the class the head chose; "
-              f"{rejected} of them ({100 * rejected / max(1, n_held):.1f}%) fall below their class's calibrated "
-              f"threshold and would be labelled 'unknown' (calibrated from 5 shots each).\n"
-              f"random weights: the {args.student} architecture untrained, same prototypes.")
-        wall = time.monotonic() - t_start
-        print(f"\nRESULT seed={args.seed} held-out {pct(total(held))} (worst class {worst(held)}, "
-              f"{100 * rejected / max(1, n_held):.1f}% below threshold) | "
-              f"video {pct(total(video_ok))} (worst class {worst(video_ok)}) | "
-              f"random weights {100 * sum(rand.values()) / len(rand):.1f}% | "
-              f"artifact {model['backend']}/{model['artifact']} ({model['precision']}) | "
-              f"latency p50 {percentile(lat, 50):.1f} ms p99 {percentile(lat, 99):.1f} ms "
-              f"({len(lat)} decisions; label changes p50 {percentile(ev_lat, 50):.1f} ms) | wall {wall:.0f} s")
-        print("steps: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-        print(f"\npage: {url}/   (token: {root / 'state' / 'api-token'})\noutputs in {out}: bundle/, device/, "
-              f"events.jsonl, video_decisions.jsonl, daemon.log\nagain: edgessl run --root {root}")
-        if args.serve:
-            print(f"\nthe daemon keeps running at {url}/ ; Ctrl-C stops it", flush=True)
-            try:
-                daemon.proc.wait()
-            except KeyboardInterrupt:
-                print("stopping the daemon")
-    finally:
-        daemon.stop()
-    return 0
+def _worst(d: dict[str, list[int]]) -> str:
+    return f"{min(100 * v[0] / v[1] for v in d.values() if v[1]):.1f}%"
+
+
+def _report(args: argparse.Namespace, held: dict[str, list[int]], rejected: int, video_ok: dict[str, list[int]],
+            video_all: dict[str, list[int]], rand: dict[str, float], model: dict[str, Any],
+            latencies: dict[int, float], events: list[dict[str, Any]], n: int, n_held: int, wall: float) -> None:
+    print(f"\n{'class':<10} {'held-out':>9} {'video':>8} {'(all frames)':>13} {'random weights':>15}")
+    for k in synthetic.CLASSES:
+        print(f"{k:<10} {_pct(held[k]):>9} {_pct(video_ok[k]):>8} {_pct(video_all[k]):>13} {100 * rand[k]:>14.1f}%")
+    print(f"{'all':<10} {_pct(_total(held)):>9} {_pct(_total(video_ok)):>8} {_pct(_total(video_all)):>13} "
+          f"{100 * sum(rand.values()) / len(rand):>14.1f}%   (chance {100 / len(synthetic.CLASSES):.0f}%)")
+    settle = settle_frames(CONSECUTIVE)
+    print(f"\nvideo rule: the daemon's smoothed label at every frame of one loop ({n} frames, read from the "
+          f"JSON-lines sink); the first {settle} frames ({settle / args.fps:.2f} s) after each change of the "
+          f"object in the region are transitions (EMA alpha {ALPHA} + {CONSECUTIVE} frames in a row) and are "
+          f"not counted; '(all frames)' counts them.")
+    print(f"held-out: {n_held} images never enrolled, `edgessl classify --root`, the class the head chose; "
+          f"{rejected} of them ({100 * rejected / max(1, n_held):.1f}%) fall below their class's calibrated "
+          f"threshold and would be labelled 'unknown' (calibrated from 5 shots each).\n"
+          f"random weights: the {args.student} architecture untrained, same prototypes.")
+    lat, ev_lat = list(latencies.values()), [e["latency_ms"] for e in events]
+    print(f"\nRESULT seed={args.seed} held-out {_pct(_total(held))} (worst class {_worst(held)}, "
+          f"{100 * rejected / max(1, n_held):.1f}% below threshold) | "
+          f"video {_pct(_total(video_ok))} (worst class {_worst(video_ok)}) | "
+          f"random weights {100 * sum(rand.values()) / len(rand):.1f}% | "
+          f"artifact {model['backend']}/{model['artifact']} ({model['precision']}) | "
+          f"latency p50 {percentile(lat, 50):.1f} ms p99 {percentile(lat, 99):.1f} ms "
+          f"({len(lat)} decisions; label changes p50 {percentile(ev_lat, 50):.1f} ms) | wall {wall:.0f} s")
 
 
 def train_and_flash(args: argparse.Namespace, out: Path, data: Path, root: Path, lap: Callable[[str, float], float],

@@ -7,6 +7,7 @@ not a library call.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -40,7 +41,7 @@ class DaemonProcess:
     """`edgessl run --root ROOT` in a subprocess; its log is kept, its API URL read from it."""
 
     def __init__(self, root: Path, log_path: Path) -> None:
-        self.log_path = log_path
+        self.root, self.log_path = root, log_path
         self.url: str | None = None
         self._ready = threading.Event()
         args = ["run", "--root", root, "--port", "0"]
@@ -69,6 +70,18 @@ class DaemonProcess:
             tail = self.log_path.read_text()[-3000:] if self.log_path.exists() else ""
             raise RuntimeError(f"the daemon did not start its API (exit code {self.proc.poll()}); its log:\n{tail}")
         return self.url
+
+    def token(self) -> str:
+        """The API token the daemon uses: the environment's, or the one it generated at first start."""
+        return (os.environ.get("EDGESSL_API_TOKEN") or (self.root / "state" / "api-token").read_text()).strip()
+
+    def serve(self, url: str) -> None:
+        """`--serve`: leave the daemon running for the page until Ctrl-C."""
+        print(f"\nthe daemon keeps running at {url}/ ; Ctrl-C stops it", flush=True)
+        try:
+            self.proc.wait()
+        except KeyboardInterrupt:
+            print("stopping the daemon")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import threading
 import time
@@ -50,12 +49,13 @@ ZONES = [{"name": "west", "points": [[0, 0], [0.35, 0], [0.35, 1], [0, 1]]},
 class EventStream:
     """The daemon's /v1/events in a thread: `objects` messages by frame, and object events."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str) -> None:
         self.frames: dict[int, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.newest = 0
         self._stop = False
-        self._response = urllib.request.urlopen(f"{url}/v1/events", timeout=30)  # noqa: S310 (loopback)
+        request = urllib.request.Request(f"{url}/v1/events", headers={"Authorization": f"Bearer {token}"})
+        self._response = urllib.request.urlopen(request, timeout=30)  # noqa: S310 (loopback)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
@@ -123,9 +123,7 @@ def match_frames(truth: list[list[dict]], seen: dict[int, dict[str, Any]], frame
 
 
 def run_objects(args: argparse.Namespace) -> int:
-    import yaml
-
-    from edgessl import scene, synthetic
+    from edgessl import scene
 
     t_start = time.monotonic()
     out: Path = args.out.resolve()
@@ -139,6 +137,55 @@ def run_objects(args: argparse.Namespace) -> int:
         return time.monotonic()
 
     t = time.monotonic()
+    objects, video, truth = _render_scene(args, data)
+    n = len(truth)
+    t = lap("data", t)
+    train_and_flash(args, out, data, root, lap, steps=("2/8", "3/8", "4/8", "5/8"))
+    t = time.monotonic()
+
+    _say("6/8 daemon", f"edgessl run: the scene as camera '{CAMERA}' with objects (motion proposals, tracker)")
+    _write_config(root, video, out / "events.jsonl")
+    daemon = DaemonProcess(root, out / "daemon.log")
+    stream: EventStream | None = None
+    try:
+        url = daemon.wait_ready()
+        token = daemon.token()
+        stream = EventStream(url, token)
+        model = http("GET", f"{url}/v1/model", token)
+        print(f"daemon pid {daemon.proc.pid}, API {url}, model {model['name']}:{model['version']} "
+              f"backend {model['backend']} artifact {model['artifact']}")
+        t = lap("daemon start", t)
+
+        _say("7/8 name and teach", "each enrolled object named from its track (POST /v1/tracks/{id}/enroll); "
+             "each look-alike the daemon took for it rejected (POST /v1/tracks/{id}/reject)")
+        for part in ("enrollment", "teaching"):
+            _name_and_teach(url, token, stream, daemon, [o for o in objects if o.part == part], truth, part)
+        start = stream.newest
+        t = lap("name + teach", t)
+
+        _say("8/8 watch", f"the evaluation part (frames {start + 1}-{n}) against the ground truth")
+        stream.wait_for(n, daemon.proc, timeout=(n - start) / scene.FPS + 120)
+        time.sleep(1.0)  # the last 'left' events: the sink writes on its own thread
+        evaluation = [o for o in objects if o.part == "evaluation"]
+        report = evaluate(truth, stream.frames, evaluation, range(start, n), stream.events, scene.FPS)
+        t = lap("watch", t)
+        _print_report(report, args, model, time.monotonic() - t_start, timings, url, root, out)
+        with open(out / "tracks.jsonl", "w") as f:  # the daemon's view of every frame, for later scoring
+            for seq in sorted(stream.frames):
+                f.write(json.dumps(stream.frames[seq]) + "\n")
+        if args.serve:
+            daemon.serve(url)
+    finally:
+        if stream is not None:
+            stream.close()
+        daemon.stop()
+    return 0
+
+
+def _render_scene(args: argparse.Namespace, data: Path) -> tuple[list[Any], Path, list[list[dict]]]:
+    """Unlabeled renders to pretrain on, and the camera scene (its objects, video and per-frame truth)."""
+    from edgessl import scene, synthetic
+
     _say("1/8 data", "unlabeled renders to learn from, and a camera scene with ground truth (procedural)")
     synthetic.write_image_set(data / "unlabeled", args.per_class, size=64, seed=args.seed)
     objects = scene.plan(ENROLLED, UNENROLLED, seed=args.seed, stop_s=args.stop_seconds, returns=args.returns,
@@ -156,13 +203,12 @@ def run_objects(args: argparse.Namespace) -> int:
           f"  evaluation part: {roles['enrolled']} returns of the enrolled objects, {roles['stranger']} strangers "
           f"({' and '.join(UNENROLLED)} in other hues), {roles['lookalike']} look-alikes; "
           f"{sum(bool(o.stops) for o in evaluation)} of them stop for {args.stop_seconds:g} s")
-    t = lap("data", t)
+    return objects, video, truth
 
-    train_and_flash(args, out, data, root, lap, steps=("2/8", "3/8", "4/8", "5/8"))
-    t = time.monotonic()
 
-    _say("6/8 daemon", f"edgessl run: the scene as camera '{CAMERA}' with objects (motion proposals, tracker)")
-    events_path = out / "events.jsonl"
+def _write_config(root: Path, video: Path, events_path: Path) -> None:
+    import yaml
+
     config = {
         "device": "demo", "state_dir": "state", "model": {"root": "."},
         "classifier": {"threshold": OBJECTS_THRESHOLD},
@@ -173,67 +219,38 @@ def run_objects(args: argparse.Namespace) -> int:
     }
     (root / "edge.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     print(f"config {root / 'edge.yaml'}")
-    daemon = DaemonProcess(root, out / "daemon.log")
-    stream: EventStream | None = None
-    try:
-        url = daemon.wait_ready()
-        stream = EventStream(url)
-        token = (os.environ.get("EDGESSL_API_TOKEN") or (root / "state" / "api-token").read_text()).strip()
-        model = http("GET", f"{url}/v1/model")
-        print(f"daemon pid {daemon.proc.pid}, API {url}, model {model['name']}:{model['version']} "
-              f"backend {model['backend']} artifact {model['artifact']}")
-        t = lap("daemon start", t)
 
-        _say("7/8 name and teach", "each enrolled object named from its track (POST /v1/tracks/{id}/enroll); "
-             "each look-alike the daemon took for it rejected (POST /v1/tracks/{id}/reject)")
-        for part in ("enrollment", "teaching"):
-            mine = [o for o in objects if o.part == part]
-            end = int(np.ceil((max(o.t1 for o in mine) + 0.5) * scene.FPS))
-            stream.wait_for(end, daemon.proc, timeout=end / scene.FPS + 60)
-            time.sleep(0.5)  # the tracks' last crops reach the track store
-            matched = match_frames(truth, stream.frames, range(end))
-            for obj in mine:
-                ids = Counter(matched.get(obj.id, {}).values())
-                if not ids:
-                    print(f"  {obj.kind}: no track covered it")
-                    continue
-                track = ids.most_common(1)[0][0]
-                if part == "enrollment":
-                    answer = http("POST", f"{url}/v1/tracks/{track}/enroll", token,
-                                  json.dumps({"label": obj.kind}).encode(), "application/json")
-                    print(f"  {obj.kind:<9} track #{track}: named; {answer['added']} of its crops enrolled")
-                    continue
-                shown = http("GET", f"{url}/v1/tracks/{track}")["label"]
-                if shown in ENROLLED:
-                    answer = http("POST", f"{url}/v1/tracks/{track}/reject", token,
-                                  json.dumps({"label": shown}).encode(), "application/json")
-                    print(f"  look-alike {obj.kind} track #{track}: shown as {shown}; rejected (\"not {shown}\", "
-                          f"{answer['added']} negatives)")
-                else:
-                    print(f"  look-alike {obj.kind} track #{track}: shown as {shown}; nothing to correct")
-        start = stream.newest
-        t = lap("name + teach", t)
 
-        _say("8/8 watch", f"the evaluation part (frames {start + 1}-{n}) against the ground truth")
-        stream.wait_for(n, daemon.proc, timeout=(n - start) / scene.FPS + 120)
-        time.sleep(1.0)  # the last 'left' events: the sink writes on its own thread
-        report = evaluate(truth, stream.frames, evaluation, range(start, n), stream.events, scene.FPS)
-        t = lap("watch", t)
-        _print_report(report, args, model, time.monotonic() - t_start, timings, url, root, out)
-        with open(out / "tracks.jsonl", "w") as f:  # the daemon's view of every frame, for later scoring
-            for seq in sorted(stream.frames):
-                f.write(json.dumps(stream.frames[seq]) + "\n")
-        if args.serve:
-            print(f"\nthe daemon keeps running at {url}/ ; Ctrl-C stops it", flush=True)
-            try:
-                daemon.proc.wait()
-            except KeyboardInterrupt:
-                print("stopping the daemon")
-    finally:
-        if stream is not None:
-            stream.close()
-        daemon.stop()
-    return 0
+def _name_and_teach(url: str, token: str, stream: EventStream, daemon: DaemonProcess, mine: list[Any],
+                    truth: list[list[dict]], part: str) -> None:
+    """Once `mine` (one part of the scene) has passed: in the enrollment part, name each object
+    from the track that covered it most; in the teaching part, reject each look-alike the daemon
+    took for an enrolled class, as a person would ("not Rex")."""
+    from edgessl import scene
+
+    end = int(np.ceil((max(o.t1 for o in mine) + 0.5) * scene.FPS))
+    stream.wait_for(end, daemon.proc, timeout=end / scene.FPS + 60)
+    time.sleep(0.5)  # the tracks' last crops reach the track store
+    matched = match_frames(truth, stream.frames, range(end))
+    for obj in mine:
+        ids = Counter(matched.get(obj.id, {}).values())
+        if not ids:
+            print(f"  {obj.kind}: no track covered it")
+            continue
+        track = ids.most_common(1)[0][0]
+        if part == "enrollment":
+            answer = http("POST", f"{url}/v1/tracks/{track}/enroll", token,
+                          json.dumps({"label": obj.kind}).encode(), "application/json")
+            print(f"  {obj.kind:<9} track #{track}: named; {answer['added']} of its crops enrolled")
+            continue
+        shown = http("GET", f"{url}/v1/tracks/{track}", token)["label"]
+        if shown in ENROLLED:
+            answer = http("POST", f"{url}/v1/tracks/{track}/reject", token,
+                          json.dumps({"label": shown}).encode(), "application/json")
+            print(f"  look-alike {obj.kind} track #{track}: shown as {shown}; rejected (\"not {shown}\", "
+                  f"{answer['added']} negatives)")
+        else:
+            print(f"  look-alike {obj.kind} track #{track}: shown as {shown}; nothing to correct")
 
 
 def evaluate(truth: list[list[dict]], seen: dict[int, dict[str, Any]], objects: list[Any], frames: range,

@@ -72,7 +72,9 @@ def build_config(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from edgessl.edge_runtime.daemon.core import Daemon
+    from edgessl.edge_runtime.daemon.logs import bound_logging
 
     config = build_config(args)
     logging.getLogger().setLevel(config.log_level)
+    bound_logging()  # secrets redacted, floods of one kind of line cut (a hostile client cannot fill the disk)
     return Daemon(config).run_forever()

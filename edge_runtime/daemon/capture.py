@@ -9,11 +9,12 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import cv2
 
 from edgessl.edge_runtime.daemon.config import CameraConfig
+from edgessl.edge_runtime.redact import redact_url
 
 
 class Capture(Protocol):
@@ -63,15 +64,6 @@ def open_capture(cam: CameraConfig) -> Capture:
     options = f"rtsp_transport;{cam.transport}" if cam.kind == "rtsp" else ""
     with _ffmpeg_options(options):
         return cv2.VideoCapture(cam.url, cv2.CAP_FFMPEG, params)
-
-
-def redact_url(url: str) -> str:
-    """The URL without a password (rtsp://user:secret@host -> rtsp://user:***@host)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def probe(url: str, timeout: float = 1.0) -> str | None:

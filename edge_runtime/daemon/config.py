@@ -222,6 +222,21 @@ class ApiConfig(StrictModel):
                          "event loop, so health and state answer while they work)")
     max_queued: int = Field(default=8, ge=1, le=1000, description="uploads waiting for or in a worker; past it a "
                             "request is answered 503 with Retry-After")
+    max_connections: int = Field(default=128, ge=4, le=10_000, description="connections or requests at once; past "
+                                 "it 503 at once (keep it well below the process's file limit, LimitNOFILE)")
+    max_connections_per_client: int = Field(default=32, ge=1, le=10_000, description="connections at once from one "
+                                            "client address; past it 503 and the connection is closed (one "
+                                            "client cannot take every connection from the others)")
+    header_timeout_s: float = Field(default=10.0, gt=0, le=300, description="seconds a client has to send a "
+                                    "request's headers (after connecting or after the previous answer); a "
+                                    "connection that trickles them is closed")
+    max_event_streams: int = Field(default=16, ge=1, le=1000, description="server-sent event streams (/v1/events) "
+                                   "open at once; past it 429")
+    max_event_streams_per_client: int = Field(default=4, ge=1, le=1000, description="event streams open at once "
+                                              "from one client address; past it 429")
+    allowed_hosts: list[str] = Field(default_factory=list, description="host names the API answers to besides IP "
+                                     "addresses, localhost, the device's name and the machine's (a request naming "
+                                     "another Host is refused with 421: DNS rebinding)")
 
     @model_validator(mode="after")
     def _budget_fits_an_image(self) -> ApiConfig:

@@ -2,14 +2,17 @@
 
 This module wires the parts together and runs them; each part lives in its own module:
 `streams` (one reader per camera), `pipeline` (the frame path, one `Batch` per pass), `model`
-(what runs, hot swaps, installs), `enrollment`, `sinks/` (where events go), `events` (the
-server-sent events hub), `http/` (API and web page), `systemd`.
+(what runs, hot swaps, installs), `enrollment`, `tracks`, `sinks/` (where events go), `events`
+(the server-sent events hub), `snapshot` (the annotated picture), `watchdog` (stalls, systemd),
+`http/` (the API's routers and its server).
 
 Threads: one reader per camera, one inference loop, one worker per sink, the HTTP server
-(uvicorn) and a supervisor that notices stalls and pings systemd's watchdog while the
-inference loop is alive. The inference loop owns its own gallery connection; every other user
-(HTTP routes, the model reload) opens its own, since SQLite connections stay on their thread,
-and the classifier notices their changes.
+(uvicorn, http/server.py) and the supervisor (watchdog.py), which notices stalls and pings
+systemd's watchdog while the inference loop comes round and the API answers its own probe.
+The inference loop owns its own gallery connection; every other user (HTTP routes, the model
+reload) opens its own, since SQLite connections stay on their thread, and the classifier
+notices their changes. The routers use what this class offers publicly (the attributes set in
+`__init__` and the methods below), nothing private.
 """
 
 from __future__ import annotations
@@ -22,24 +25,24 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import cv2
-
 from edgessl.edge_runtime.daemon.background import BackgroundStore
 from edgessl.edge_runtime.daemon.capture import Opener, open_capture
 from edgessl.edge_runtime.daemon.config import DaemonConfig
 from edgessl.edge_runtime.daemon.enrollment import Enrollment
-from edgessl.edge_runtime.daemon.errors import Conflict, DaemonError
 from edgessl.edge_runtime.daemon.events import EventHub
+from edgessl.edge_runtime.daemon.http.routes.events import StreamSlots
+from edgessl.edge_runtime.daemon.http.server import ApiServer
 from edgessl.edge_runtime.daemon.metrics import Metrics
 from edgessl.edge_runtime.daemon.model import LoadedModel, ModelService
 from edgessl.edge_runtime.daemon.pipeline import Batch, Pipeline
 from edgessl.edge_runtime.daemon.sinks import Sink, SinkEvent, SinkRunner, first_sink, start_sinks
 from edgessl.edge_runtime.daemon.sinks.mqtt import MqttSink
-from edgessl.edge_runtime.daemon.snapshot import draw
+from edgessl.edge_runtime.daemon.snapshot import Snapshot, take
 from edgessl.edge_runtime.daemon.storage import Storage
 from edgessl.edge_runtime.daemon.streams import CameraStream, State
-from edgessl.edge_runtime.daemon.systemd import sd_notify, watchdog_interval
+from edgessl.edge_runtime.daemon.systemd import sd_notify
 from edgessl.edge_runtime.daemon.tracks import TrackService
+from edgessl.edge_runtime.daemon.watchdog import Supervisor
 from edgessl.edge_runtime.daemon.work import Slots, WorkPool
 from edgessl.edge_runtime.fewshot.classifier import FewShotClassifier
 from edgessl.edge_runtime.fewshot.gallery import Gallery
@@ -82,6 +85,7 @@ class Daemon:
         self.work = WorkPool(config.api.workers, config.api.max_queued, config.api.max_pixels_in_flight)
         self.live = Slots(config.enrollment.max_live_per_camera, config.enrollment.max_live_total,
                           "live enrollment")
+        self.event_streams = StreamSlots(config.api.max_event_streams, config.api.max_event_streams_per_client)
         self._sinks: list[SinkRunner] = []
         self._threads: list[threading.Thread] = []
         self._heartbeat = time.monotonic()
@@ -90,9 +94,10 @@ class Daemon:
         self.last_loop_error: str | None = None
         self.api_url: str | None = None
         self.api_token: str | None = None
-        self._server: Any = None
+        self.server: ApiServer | None = None
         self._started = False
         self._ready = threading.Event()  # READY=1 sent: watchdog pings may follow
+        self.supervisor = Supervisor(self.streams.values(), self.inference_alive, self._stop, self._ready)
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -106,12 +111,26 @@ class Daemon:
             cfg.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             log.warning("cannot create state_dir %s: %s", cfg.state_dir, exc)
-        # Storage first: a read-only state_dir or gallery is reported (log, /health), not fatal;
-        # leftovers of uploads interrupted by a crash are removed.
+        # One daemon per state folder; then storage: a read-only state_dir or gallery is reported
+        # (log, /health), not fatal; a full one gives up its reserve; leftovers of uploads
+        # interrupted by a crash are removed.
+        self.storage.lock()
+        try:
+            self._start()
+        except BaseException:
+            self.storage.unlock()
+            raise
+
+    def _start(self) -> None:
+        cfg = self.config
         self.storage.check()
         if self.storage.state_writable:
             self.storage.clean_incoming()
             self.storage.make_reserve()
+        if cfg.api.enabled:  # before anything runs: a missing or short token stops the start
+            from edgessl.edge_runtime.daemon.http.token import resolve_token
+
+            self.api_token = resolve_token(cfg)
         model = self.models.start()
         with Gallery(self.gallery_path) as gallery:
             self._count_gallery(gallery)
@@ -119,7 +138,7 @@ class Daemon:
         for stream in self.streams.values():
             stream.start()
         self._spawn("inference", self._inference_loop)
-        self._spawn("supervisor", self._supervise)
+        self._spawn("supervisor", self.supervisor.run)
         if cfg.api.enabled:
             self._start_api()
         log.info("daemon %s: %d cameras, model %s, gallery %s%s", self.device, len(self.streams), model.tag,
@@ -143,13 +162,10 @@ class Daemon:
         for stream in self.streams.values():
             stream.stop()
         self.hub.close()
-        if self._server is not None:
-            self._server.should_exit = True
+        if self.server is not None:
+            self.server.stop(left(1.8))
         for thread in self._threads:
-            thread.join(left(1.5 if thread.name == "api" else 0.5))
-            if thread.is_alive() and thread.name == "api" and self._server is not None:
-                self._server.force_exit = True
-                thread.join(left(0.3))
+            thread.join(left(0.5))
         sinks_until = time.monotonic() + left(1.0)
         for runner in self._sinks:
             runner.close(timeout=max(0.05, sinks_until - time.monotonic()))
@@ -161,6 +177,7 @@ class Daemon:
         self.live.close()
         if not any(t.is_alive() for t in self._threads if t.name == "inference"):
             self.models.close()
+        self.storage.unlock()
         log.info("daemon %s stopped in %.1f s", self.device, time.monotonic() - start)
 
     def __enter__(self) -> Daemon:
@@ -290,19 +307,7 @@ class Daemon:
         self.metrics.gallery_classes.set(len(classes))
         self.metrics.gallery_exemplars.set(sum(c.exemplars + c.negatives for c in classes))
 
-    # -- supervisor -------------------------------------------------------------------------
-
-    def _supervise(self) -> None:
-        interval = watchdog_interval()
-        last_ping = 0.0
-        while not self._stop.wait(0.25):
-            now = time.monotonic()
-            for stream in self.streams.values():
-                stream.check_stall(now)
-            if (interval is not None and self._ready.is_set() and now - last_ping >= interval
-                    and self.inference_alive()):
-                sd_notify("WATCHDOG=1")
-                last_ping = now
+    # -- liveness ---------------------------------------------------------------------------
 
     def inference_alive(self) -> bool:
         """The inference loop has come round recently (a hung loop stops the watchdog pings)."""
@@ -311,24 +316,33 @@ class Daemon:
 
     # -- what the API shows -----------------------------------------------------------------
 
-    def health(self) -> dict[str, Any]:
-        cameras = {cid: s.status().as_dict() for cid, s in self.streams.items()}
+    def health(self, full: bool = True) -> dict[str, Any]:
+        """The daemon's report; `full=False`: only whether it is up (what /health answers without
+        the token: nothing a camera sees, no URL, no path)."""
+        statuses = {cid: s.status() for cid, s in self.streams.items()}
         alive = self.inference_alive()
-        streaming = all(c["state"] == State.STREAMING for c in cameras.values())
+        api_alive = self.supervisor.api_alive()
+        streaming = all(st.state == State.STREAMING for st in statuses.values())
         storage = self.storage.status()
+        status = ("ok" if alive and api_alive and streaming and storage["ok"] else "degraded") if alive else "failed"
+        head = {"status": status, "device": self.device, "uptime_s": round(time.time() - self._started_at, 1)}
+        if not full:
+            return {**head, "cameras": {cid: str(st.state) for cid, st in statuses.items()}, "full": False}
         return {
-            "status": "ok" if alive and streaming and storage["ok"] else ("degraded" if alive else "failed"),
-            "device": self.device,
-            "uptime_s": round(time.time() - self._started_at, 1),
+            **head,
             "model": self.model.info() if self.models.holder is not None else None,
-            "cameras": cameras,
+            "cameras": {cid: st.as_dict() for cid, st in statuses.items()},
             "inference": {"alive": alive, "last_batch": self.pipeline.last_batch, "errors": self.loop_errors,
                           "last_error": self.last_loop_error},
+            "api": {"alive": api_alive, **(self.server.status() if self.server else {}),
+                    "event_streams": self.event_streams.status()},
             "sinks": self.sink_status(),
-            "storage": storage,  # problems: a read-only or unwritable state_dir or gallery (the page shows them)
+            "storage": storage,  # problems: a read-only, unwritable or full state_dir or gallery (the page shows them)
             "gallery": {"reembedding": dict(self.models.reembedding)},
             "background": self.background.status(),
+            "tracks": self.track_store.status() if self.track_store is not None else None,
             "work": {**self.work.status(), "live_enrollments": self.live.status()},
+            "full": True,
         }
 
     def cameras(self) -> list[dict[str, Any]]:
@@ -341,50 +355,23 @@ class Daemon:
                         "objects": stream.config.objects is not None})
         return out
 
-    def snapshot(self, camera_id: str, *, annotate: bool = True, quality: int = 80) -> bytes:
-        """The newest frame as JPEG, with each region's and object's box and label drawn on it."""
-        return self.snapshot_with_states(camera_id, annotate=annotate, quality=quality)[0]
-
-    def snapshot_with_states(self, camera_id: str, *, annotate: bool = True, quality: int = 80
-                             ) -> tuple[bytes, list[dict[str, Any]], list[dict[str, Any]]]:
-        """The annotated JPEG, the region states and the objects drawn on it: one decision for the
-        picture and for the text beside it (the page shows both from this one answer)."""
-        stream = self.enrollment._find_stream(camera_id)
-        frame = stream.latest()
-        if frame is None:
-            raise Conflict(f"camera {camera_id} has no frame yet (state {stream.state})")
-        states = self.pipeline.region_states(camera_id)
-        stage = self.pipeline.stages.get(camera_id)
-        objects = stage.objects() if stage is not None else []
-        image = draw(frame.image, stream.config.region_list, states, objects) if annotate else frame.image
-        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
-            raise DaemonError(f"cannot JPEG-encode the frame of camera {camera_id}")
-        drawn = [{**states[r.name].as_dict(), "snapshot_frame": frame.seq} for r in stream.config.region_list]
-        return buf.tobytes(), drawn, objects
+    def snapshot(self, camera_id: str, *, annotate: bool = True, quality: int = 80) -> Snapshot:
+        """The newest frame as JPEG with each region's and object's box and label drawn on it, and
+        the decisions drawn (one decision for the picture and the text beside it)."""
+        stream = self.enrollment.find_stream(camera_id)
+        return take(stream, self.pipeline, annotate=annotate, quality=quality)
 
     # -- HTTP -------------------------------------------------------------------------------
 
     def _start_api(self) -> None:
-        import uvicorn
-
         from edgessl.edge_runtime.daemon.http.app import create_app
-        from edgessl.edge_runtime.daemon.http.token import resolve_token
+        from edgessl.edge_runtime.daemon.http.auth import Auth
 
-        self.api_token = resolve_token(self.config)
+        assert self.api_token is not None
         api = self.config.api
-        config = uvicorn.Config(create_app(self, self.api_token), host=api.host, port=api.port, log_level="warning",
-                                access_log=False, lifespan="off", timeout_graceful_shutdown=1)
-        self._server = uvicorn.Server(config)
-        self._spawn("api", self._server.run)
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._threads[-1].is_alive() or time.monotonic() > deadline:
-                raise DaemonError(f"the HTTP API could not listen on {api.host}:{api.port} (port in use?)")
-            time.sleep(0.02)
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        host = api.host if api.host not in ("0.0.0.0", "::") else "127.0.0.1"
-        self.api_url = f"http://{host}:{port}"
+        self.server = ApiServer(create_app(self, Auth(self.api_token)), api)
+        self.api_url = self.server.start()
+        self.supervisor.server = self.server
         log.info("API listening on %s (token: %s)", self.api_url,
                  api.token_file or ("$EDGESSL_API_TOKEN" if os.environ.get("EDGESSL_API_TOKEN")
                                     else self.config.state_dir / "api-token"))

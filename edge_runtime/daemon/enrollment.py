@@ -103,7 +103,7 @@ class Enrollment:
             return self.config.enrollment.max_crop_side
         return 4 * max(self.models.current.extractor.spec.input_size)
 
-    def _find_stream(self, camera_id: str) -> CameraStream:
+    def find_stream(self, camera_id: str) -> CameraStream:
         try:
             return self.streams[camera_id]
         except KeyError:
@@ -147,17 +147,10 @@ class Enrollment:
         stopped. `until="count"` keeps `frames` shots; `until="stable"` keeps shots until the
         class's leave-one-out figures say it has enough (StopRule) or `max_frames` are kept."""
         label = checked_label(label)
-        stream = self._find_stream(camera_id)
+        stream = self.find_stream(camera_id)
         reg = self._region(stream, region)
         cfg = self.config.enrollment
-        if until not in ("count", "stable"):
-            raise Rejected(f"until must be 'count' or 'stable', got {until!r}")
-        if until == "stable" and negative:
-            raise Rejected("until='stable' follows the leave-one-out figures of positive shots; "
-                           "enroll negatives with a number of frames")
-        if until == "stable" and frames is not None:
-            raise Rejected("give either frames (until='count') or max_frames (until='stable'), not frames with "
-                           "until='stable'")
+        _check_until(until, negative, frames)
         wanted = (max_frames or cfg.max_frames) if until == "stable" else (frames or cfg.frames)
         interval = cfg.interval_s if interval_s is None else interval_s
         deadline = time.monotonic() + (timeout_s or cfg.timeout_s)
@@ -239,7 +232,7 @@ class Enrollment:
                            interval_s: float | None = None, timeout_s: float | None = None) -> dict[str, Any]:
         """Sample what a camera region sees when nothing enrolled is there and store it as that
         region's background (replacing an earlier one); the thresholds are recalibrated with it."""
-        stream = self._find_stream(camera_id)
+        stream = self.find_stream(camera_id)
         reg = self._region(stream, region)
         cfg = self.config.enrollment
         wanted = frames or cfg.background_frames
@@ -275,7 +268,7 @@ class Enrollment:
                 "background": self.background.status(), "classes": self.class_report()}
 
     def clear_background(self, camera_id: str, region: str | None = None) -> dict[str, Any]:
-        stream = self._find_stream(camera_id)
+        stream = self.find_stream(camera_id)
         name = self._region(stream, region).name if region is not None else None
         try:
             removed = self.background.clear(camera_id, name)
@@ -378,3 +371,14 @@ class Enrollment:
                 raise NotFound(str(exc)) from None
 
         self._freeing(f"cannot remove exemplar {exemplar_id}", remove)
+
+
+def _check_until(until: str, negative: bool, frames: int | None) -> None:
+    if until not in ("count", "stable"):
+        raise Rejected(f"until must be 'count' or 'stable', got {until!r}")
+    if until == "stable" and negative:
+        raise Rejected("until='stable' follows the leave-one-out figures of positive shots; "
+                       "enroll negatives with a number of frames")
+    if until == "stable" and frames is not None:
+        raise Rejected("give either frames (until='count') or max_frames (until='stable'), not frames with "
+                       "until='stable'")

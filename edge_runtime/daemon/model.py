@@ -150,10 +150,10 @@ class ModelService:
 
     def initial_bundle(self) -> Path:
         m = self.config.model
-        if m.root is not None:
-            from edgessl.edge_runtime.device.slots import active_bundle
+        if m.root is not None:  # the active slot, if a key the device trusts now signed it
+            from edgessl.edge_runtime.device.slots import active_model
 
-            return Path(active_bundle(m.root))
+            return Path(active_model(m.root).bundle_dir)
         assert m.bundle is not None
         return m.bundle
 
@@ -296,23 +296,34 @@ class ModelService:
         self.hub.publish({"type": "model", "model": info})
         return info
 
-    def install(self, archive: Path, *, allow_downgrade: bool = False) -> dict[str, Any]:
-        """Install an uploaded bundle archive (.tar) through the device root's A/B installer:
-        signature, checksums, health check, switch, reload; the running model stays otherwise."""
-        root = self.config.model.root
-        if root is None:
+    def check_can_install(self) -> None:
+        """Forbidden (403) without a device root, Conflict (409) while an install runs: what the API
+        answers from an upload's headers, before storing any of its body."""
+        if self.config.model.root is None:
             raise Forbidden(
                 "this daemon runs a fixed bundle folder (model.bundle), so it has no trusted keys to check an "
                 "uploaded bundle's signature against and installs nothing; provision a device root with "
                 "`edgessl device init --root DIR --profile NAME --trust KEY.pub`, flash it, and run "
                 "`edgessl run --root DIR` (or set model.root in the config)")
+        if self._install_lock.locked():
+            raise Conflict("another model upload is being installed; try again when it is done")
+
+    def install(self, archive: Path, *, allow_downgrade: bool = False, allow_model_change: bool = False
+                ) -> dict[str, Any]:
+        """Install an uploaded bundle archive (.tar) through the device root's A/B installer:
+        signature, checksums, binding to this device, health check, switch, reload; the running
+        model stays otherwise."""
+        self.check_can_install()
+        root = self.config.model.root
+        assert root is not None
         if not self._install_lock.acquire(blocking=False):
             raise Conflict("another model upload is being installed; try again when it is done")
         try:
             from edgessl.edge_runtime.device.installer import install
             from edgessl.edge_runtime.device.slots import active_bundle
 
-            result = install(root, archive, allow_downgrade=allow_downgrade, on_switch=self.reload)
+            result = install(root, archive, allow_downgrade=allow_downgrade, allow_model_change=allow_model_change,
+                             on_switch=self.reload)
             active = Path(active_bundle(root))
             if active.resolve() != Path(self.current.bundle.root).resolve():
                 self.reload(active)  # the installer switched without calling us back

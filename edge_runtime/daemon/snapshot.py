@@ -5,13 +5,16 @@ sent with it, so the text beside the picture is the same decision)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
 from edgessl.edge_runtime.daemon.config import RegionConfig
-from edgessl.edge_runtime.daemon.pipeline import RegionState
+from edgessl.edge_runtime.daemon.errors import Conflict, DaemonError
+from edgessl.edge_runtime.daemon.pipeline import Pipeline, RegionState
+from edgessl.edge_runtime.daemon.streams import CameraStream
 from edgessl.edge_runtime.fewshot.labels import UNKNOWN
 
 KNOWN, UNSURE, TRACKED = (60, 200, 60), (0, 170, 255), (255, 190, 60)  # BGR
@@ -47,3 +50,27 @@ def draw(image: np.ndarray, regions: Sequence[RegionConfig], states: Mapping[str
         cv2.rectangle(image, (x0, y0), (x1 - 1, y1 - 1), color, 2)
         _label(image, f"#{obj['id']} {label or '...'}", x0, max(0, y0 - 18), color)
     return image
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    jpeg: bytes
+    states: list[dict[str, Any]]  # the region states drawn on it
+    objects: list[dict[str, Any]]  # the objects drawn on it
+
+
+def take(stream: CameraStream, pipeline: Pipeline, *, annotate: bool = True, quality: int = 80) -> Snapshot:
+    """The newest frame of `stream` as JPEG, with what the pipeline decided last drawn on it."""
+    frame = stream.latest()
+    if frame is None:
+        raise Conflict(f"camera {stream.id} has no frame yet (state {stream.state})")
+    regions = stream.config.region_list
+    states = pipeline.region_states(stream.id)
+    stage = pipeline.stages.get(stream.id)
+    objects = stage.objects() if stage is not None else []
+    image = draw(frame.image, regions, states, objects) if annotate else frame.image
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise DaemonError(f"cannot JPEG-encode the frame of camera {stream.id}")
+    drawn = [{**states[r.name].as_dict(), "snapshot_frame": frame.seq} for r in regions]
+    return Snapshot(buf.tobytes(), drawn, objects)

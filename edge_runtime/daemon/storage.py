@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import shutil
@@ -21,6 +22,7 @@ from edgessl.errors import EdgesslError
 log = logging.getLogger(__name__)
 
 RESERVE_FILE = ".reserve"
+LOCK_FILE = "daemon.lock"
 INCOMING = "incoming"
 FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 READ_ONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
@@ -66,6 +68,7 @@ class Storage:
         self.state_writable = True
         self.gallery_writable = True
         self.last_error: dict[str, Any] | None = None
+        self._lock_fd: int | None = None
 
     @property
     def reserve(self) -> Path:
@@ -73,10 +76,43 @@ class Storage:
 
     # -- start-up ---------------------------------------------------------------------------
 
+    def lock(self) -> None:
+        """One daemon per state folder: a second one would share the gallery and the uploads
+        folder, diverge from the first after an install and clean away its uploads. The lock is
+        the kernel's (flock): it goes with the process, so a crash leaves none behind."""
+        path = self.state_dir / LOCK_FILE
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            log.warning("cannot create the state lock %s (%s): a second daemon on this folder would not be noticed",
+                        path, exc)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise DaemonError(f"another edgessl daemon (pid {other}) is running with state_dir {self.state_dir}; one "
+                              "daemon per state folder (give the second one a state_dir of its own)") from None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def check(self) -> list[str]:
-        """Find out, and log, whether state_dir and the gallery can be written."""
+        """Find out, and log, whether state_dir and the gallery can be written. A full disk with
+        the reserve still in place gives the reserve up first: that is what it is for, and the
+        daemon must start and serve the API (to delete classes) however full the disk is."""
         self.problems = []
         why = _probe(self.state_dir)
+        if why is not None and "ENOSPC" in why and self.release_reserve():
+            why = _probe(self.state_dir)
         self.state_writable = why is None
         if why is not None:
             self.problems.append(f"state_dir {self.state_dir} cannot be written: {why}; uploads, the API token "

@@ -30,8 +30,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edgessl.edge_runtime.daemon.capture import Capture, Opener, open_capture, probe, redact_url
+from edgessl.edge_runtime.daemon.capture import Capture, Opener, open_capture, probe
 from edgessl.edge_runtime.daemon.config import CameraConfig
+from edgessl.edge_runtime.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class CameraStream:
                  opener: Opener = open_capture, seed: int | None = None) -> None:
         self.config = config
         self.id = config.id
+        self.where = redact_url(config.url)  # the URL as logs, errors and answers show it
         self._on_frame = on_frame
         self._opener = opener
         self._rand = random.Random(seed)
@@ -141,11 +143,15 @@ class CameraStream:
         return self._state
 
     def _set_state(self, state: State, error: str | None = None) -> None:
+        if error is not None:
+            error = redact_text(error)  # it may quote the URL, or an error quoting it: never its secrets
         with self._cond:
+            if error is not None and error != self.last_error:  # a new reason: said once, not per retry
+                log.warning("camera %s: %s", self.id, error)
             if error is not None:
                 self.last_error = error
             if state != self._state:
-                log.info("camera %s: %s -> %s%s", self.id, self._state, state, f" ({error})" if error else "")
+                log.info("camera %s: %s -> %s", self.id, self._state, state)
                 self._state, self._state_since = state, time.time()
                 self._history.append((self._state_since, str(state)))
             self._cond.notify_all()
@@ -288,19 +294,19 @@ class CameraStream:
         cam = self.config
         if cam.kind == "file" and not os.path.isfile(cam.url):
             self.connect_failures += 1
-            self._set_state(State.CONNECTING, f"{cam.url}: no such file")
+            self._set_state(State.CONNECTING, f"{self.where}: no such file")
             return None
         try:
             cap = self._opener(cam)
             if cap.isOpened():
                 return cap
             cap.release()
-            error = f"cannot open {cam.kind} source {cam.url}"
+            error = f"cannot open {cam.kind} source {self.where}"
         except Exception as exc:
-            error = f"cannot open {cam.kind} source {cam.url}: {exc}"
+            error = f"cannot open {cam.kind} source {self.where}: {exc}"
         why = probe(cam.url) if cam.kind in ("rtsp", "http") else None
         if why is not None:
-            error = f"cannot open {cam.kind} source {redact_url(cam.url)}: {why}"
+            error = f"cannot open {cam.kind} source {self.where}: {why}"
         self.connect_failures += 1
         self._set_state(State.CONNECTING, error)
         return None

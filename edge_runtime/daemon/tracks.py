@@ -48,7 +48,7 @@ class TrackService:
         self.streams = streams
 
     def objects(self, camera_id: str) -> dict[str, Any]:
-        stream = self.enrollment._find_stream(camera_id)
+        stream = self.enrollment.find_stream(camera_id)
         stage = self.pipeline.stages.get(camera_id)
         if stage is None:
             raise NotFound(f"camera {camera_id} does not track objects; add `objects: {{}}` to its entry in the "
@@ -61,7 +61,7 @@ class TrackService:
     def recent(self, limit: int = 50, camera: str | None = None) -> list[dict[str, Any]]:
         """Live objects first, then ended tracks from the store, newest first."""
         if camera is not None:
-            self.enrollment._find_stream(camera)
+            self.enrollment.find_stream(camera)
         live = [{**o, "camera": cid, "live": True} for cid, stage in self.pipeline.stages.items()
                 if camera in (None, cid) for o in stage.objects()]
         live.sort(key=lambda o: -o["id"])

@@ -20,6 +20,7 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -156,12 +157,17 @@ def run_health_check(bundle_dir: str | Path, profile: str | Path, timeout_s: flo
                      artifact_label: str | None = None) -> HealthReport:
     """Run the health check in a child process (this module's `main`) and return its report.
     A crash, a hang past `timeout_s` or garbage output is a failed check, never an exception."""
-    cmd = [sys.executable, "-m", "edgessl.edge_runtime.device.health", str(bundle_dir), "--profile", str(profile),
-           "--json", *(["--artifact", artifact_label] if artifact_label else [])]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return _fail(f"health check did not finish within {timeout_s:g} s (killed)")
+    # Isolated (-I: neither the working folder nor PYTHON* variables nor the user's site packages
+    # on the import path) and run from an empty folder: nothing but installed code is imported,
+    # whatever folder the operator flashed from.
+    cmd = [sys.executable, "-I", "-m", "edgessl.edge_runtime.device.health", str(Path(bundle_dir).resolve()),
+           "--profile", str(Path(profile).resolve()) if Path(profile).exists() else str(profile), "--json",
+           *(["--artifact", artifact_label] if artifact_label else [])]
+    with tempfile.TemporaryDirectory(prefix="edgessl-health-") as empty:
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=empty)
+        except subprocess.TimeoutExpired:
+            return _fail(f"health check did not finish within {timeout_s:g} s (killed)")
     if proc.returncode < 0:
         name = signal.Signals(-proc.returncode).name
         return _fail(f"health check process died from {name} (the model crashed the runtime?)")

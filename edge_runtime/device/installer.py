@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from edgessl.edge_runtime.bundle.manifest import MANIFEST, Manifest, load_bundle
+from edgessl.edge_runtime.bundle.manifest import MANIFEST, Manifest, load_bundle, read_manifest
 from edgessl.edge_runtime.bundle.safe_extract import atomic_write, fsync_dir, fsync_tree
 from edgessl.edge_runtime.bundle.signing import SIGNATURE, load_trusted_keys, verify_manifest
 from edgessl.edge_runtime.device.health import HealthReport, run_health_check
@@ -180,7 +180,33 @@ def _health_check(root: Path, staging: Path, manifest: Manifest, run: _Run) -> H
     raise InstallError(f"health check failed: {reason}")
 
 
-def install(root: str | Path, bundle: str | Path, *, allow_downgrade: bool = False,
+def _check_binding(root: Path, manifest: Manifest, active: SlotName | None, allow_model_change: bool,
+                   run: _Run) -> None:
+    """A signature says who made a bundle, not that it is meant for this device: the signed
+    manifest's target profiles must include the device's, and its model name must be the one the
+    device runs (a fleet key signs every model of a fleet; a bundle of another model, replayed to
+    this device with a higher version, must not replace its model unless an operator says so)."""
+    profile = load_profile(root / PROFILE_FILE).name
+    if manifest.profiles and profile not in manifest.profiles:
+        raise InstallError(f"{manifest.model.name} v{manifest.model.version} was built for the device profiles "
+                           f"{', '.join(manifest.profiles)}, not for this device's {profile}; re-export it with "
+                           f"--device {profile}")
+    running = None
+    if active is not None:
+        try:
+            running = read_manifest(slot_dir(root, active)).model.name
+        except EdgesslError:
+            running = None
+    if running is not None and running != manifest.model.name:
+        if not allow_model_change:
+            raise InstallError(f"this device runs the model {running!r}; the bundle is the model "
+                               f"{manifest.model.name!r}; pass --allow-model-change (API: allow_model_change) to "
+                               "replace one model by another")
+        log.warning("%s: replacing the model %r by %r (allow_model_change)", root, running, manifest.model.name)
+        run.step(f"model {running!r} replaced by {manifest.model.name!r} (allowed by the operator)")
+
+
+def install(root: str | Path, bundle: str | Path, *, allow_downgrade: bool = False, allow_model_change: bool = False,
             on_switch: Callable[[Path], None] | None = None) -> InstallResult:
     """Install `bundle` (a bundle directory or a .tar of one) into the inactive slot of the
     device root and make it active; see the module docstring for the steps. Refusals and
@@ -196,45 +222,9 @@ def install(root: str | Path, bundle: str | Path, *, allow_downgrade: bool = Fal
         target: SlotName = "b" if state.active == "a" else "a"
         source: Source | None = None
         try:
-            # 1. Signature over the exact manifest bytes, before anything is written.
             source = open_source(bundle)
-            signer = verify_manifest(source.manifest_bytes, source.signature, load_trusted_keys(root / KEYS_DIR))
-            try:
-                manifest = Manifest.model_validate_json(source.manifest_bytes)
-            except ValidationError as exc:
-                raise BundleError(f"invalid manifest: {exc}") from exc
-            run.version = manifest.model.version
-            run.step(f"signature of {manifest.model.name} v{run.version} verified (key {signer})")
-            referenced = {manifest.center, manifest.golden, *(a.file for a in manifest.artifacts)}
-            unlisted = sorted(referenced - manifest.files.keys())
-            if unlisted:
-                raise BundleError(f"manifest references files without a checksum: {', '.join(unlisted)}")
-            source.check_files(manifest)
-
-            # 2. Anti-rollback against the active bundle (its manifest; the state if unreadable).
-            floor = run.previous_version if run.previous_version is not None else (
-                state.last_good_version if state.active else None)
-            if floor is not None and run.version <= floor:
-                if not allow_downgrade:
-                    raise InstallError(f"version {run.version} is not newer than the installed version "
-                                       f"{floor}; refusing a downgrade (pass --allow-downgrade "
-                                       f"to install it anyway)")
-                run.step(f"downgrade from v{floor} allowed")
-
-            # 3. Extract into staging, checking every file against the signed manifest.
-            need = sum(e.bytes for e in manifest.files.values())
-            free = shutil.disk_usage(root / SLOTS_DIR).free
-            if need + SPACE_MARGIN > free:
-                raise InstallError(f"not enough disk space in {root}: the bundle needs {need >> 20} MiB "
-                                   f"(+{SPACE_MARGIN >> 20} MiB margin), {free >> 20} MiB free")
-            staging.mkdir()
-            source.write_into(manifest, staging)
-            atomic_write(staging / MANIFEST, source.manifest_bytes)
-            atomic_write(staging / SIGNATURE, source.signature or b"")
-            fsync_tree(staging)
-            source.close()
-            load_bundle(staging)  # what landed on disk, read back
-            run.step(f"extracted {len(manifest.files)} files ({need} bytes), every sha256 matches")
+            manifest = _verify(root, source, state, run, allow_downgrade, allow_model_change)
+            _extract(root, source, manifest, staging, run)
 
             # 4. Health check in a separate process (a TensorRT backend builds its engine here).
             report = _health_check(root, staging, manifest, run)
@@ -262,12 +252,60 @@ def install(root: str | Path, bundle: str | Path, *, allow_downgrade: bool = Fal
 
         # 6. Switch, reload, post-switch check (rolled back on any failure).
         state = state.model_copy(update={"verified": {**state.verified, target: report.label}})
-        state = _go_live(root, run, state, target, run.version, on_switch)
-        reason = (f"installed {manifest.model.name} v{run.version} in slot {target}"
+        version = manifest.model.version
+        state = _go_live(root, run, state, target, version, on_switch)
+        reason = (f"installed {manifest.model.name} v{version} in slot {target}"
                   + (f" (was v{run.previous_version})" if run.previous_version is not None else ""))
-        write_state(root, with_event(state, "install", True, run.version, reason, last_good_version=run.version))
+        write_state(root, with_event(state, "install", True, version, reason, last_good_version=version))
         log.info("%s: %s", root, reason)
         return run.result(True, reason, target)
+
+
+def _verify(root: Path, source: Source, state: DeviceState, run: _Run, allow_downgrade: bool,
+            allow_model_change: bool) -> Manifest:
+    """Steps 1-2, before anything is written: the signature over the exact manifest bytes, every
+    referenced file listed with a checksum, the binding to this device, and anti-rollback against
+    the active bundle (its manifest; the state if unreadable)."""
+    signer = verify_manifest(source.manifest_bytes, source.signature, load_trusted_keys(root / KEYS_DIR))
+    try:
+        manifest = Manifest.model_validate_json(source.manifest_bytes)
+    except ValidationError as exc:
+        raise BundleError(f"invalid manifest: {exc}") from exc
+    run.version = manifest.model.version
+    run.step(f"signature of {manifest.model.name} v{run.version} verified (key {signer})")
+    referenced = {manifest.center, manifest.golden, *(a.file for a in manifest.artifacts)}
+    unlisted = sorted(referenced - manifest.files.keys())
+    if unlisted:
+        raise BundleError(f"manifest references files without a checksum: {', '.join(unlisted)}")
+    source.check_files(manifest)
+    _check_binding(root, manifest, state.active, allow_model_change, run)
+
+    floor = run.previous_version if run.previous_version is not None else (
+        state.last_good_version if state.active else None)
+    if floor is not None and run.version <= floor:
+        if not allow_downgrade:
+            raise InstallError(f"version {run.version} is not newer than the installed version "
+                               f"{floor}; refusing a downgrade (pass --allow-downgrade "
+                               f"to install it anyway)")
+        run.step(f"downgrade from v{floor} allowed")
+    return manifest
+
+
+def _extract(root: Path, source: Source, manifest: Manifest, staging: Path, run: _Run) -> None:
+    """Step 3: into staging, every file checked against the signed manifest, then read back."""
+    need = sum(e.bytes for e in manifest.files.values())
+    free = shutil.disk_usage(root / SLOTS_DIR).free
+    if need + SPACE_MARGIN > free:
+        raise InstallError(f"not enough disk space in {root}: the bundle needs {need >> 20} MiB "
+                           f"(+{SPACE_MARGIN >> 20} MiB margin), {free >> 20} MiB free")
+    staging.mkdir()
+    source.write_into(manifest, staging)
+    atomic_write(staging / MANIFEST, source.manifest_bytes)
+    atomic_write(staging / SIGNATURE, source.signature or b"")
+    fsync_tree(staging)
+    source.close()
+    load_bundle(staging)  # what landed on disk, read back
+    run.step(f"extracted {len(manifest.files)} files ({need} bytes), every sha256 matches")
 
 
 def rollback(root: str | Path, *, on_switch: Callable[[Path], None] | None = None) -> InstallResult:

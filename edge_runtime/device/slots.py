@@ -149,8 +149,23 @@ def read_state(root: Path) -> DeviceState:
         raise InstallError(f"{path}: unreadable device state: {exc}") from exc
 
 
+def kept_history(history: list[HistoryEntry]) -> list[HistoryEntry]:
+    """The newest HISTORY_KEEP entries that succeeded and the newest HISTORY_KEEP that failed, in
+    order: a run of refused uploads must not push the installs that happened out of the record."""
+    ok = {id(e) for e in [e for e in history if e.ok][-HISTORY_KEEP:]}
+    failed = {id(e) for e in [e for e in history if not e.ok][-HISTORY_KEEP:]}
+    return [e for e in history if id(e) in ok or id(e) in failed]
+
+
+def _recent(history: list[HistoryEntry], n: int = 10) -> list[HistoryEntry]:
+    """The last `n` entries, always with the newest one that succeeded (the install that runs)."""
+    shown = history[-n:]
+    good = next((e for e in reversed(history) if e.ok and e.action != "recover"), None)
+    return shown if good is None or any(e is good for e in shown) else [good, *shown[-(n - 1):]]
+
+
 def write_state(root: Path, state: DeviceState) -> None:
-    state = state.model_copy(update={"history": state.history[-HISTORY_KEEP:]})
+    state = state.model_copy(update={"history": kept_history(state.history)})
     atomic_write(root / STATE_FILE, (state.model_dump_json(indent=2) + "\n").encode())
 
 
@@ -224,9 +239,16 @@ class ActiveModel:
 def active_model(root: str | Path) -> ActiveModel:
     """The active bundle and the backend/artifact the health check verified for it at install
     (recorded in the state); for roots installed before that was recorded, the selection's
-    first choice for the device profile."""
+    first choice for the device profile. The bundle's signature is checked against the keys the
+    device trusts *now*: removing a key from trusted_keys stops what it signed from running."""
     root = Path(root)
     path = active_bundle(root)
+    try:
+        verify_bundle_dir(path, load_trusted_keys(root / KEYS_DIR))
+    except EdgesslError as exc:
+        raise InstallError(f"the active bundle in {path} is not signed by a key this device trusts now ({exc}); "
+                           f"flash a bundle signed by a trusted key, or roll back with `edgessl device rollback "
+                           f"--root {root}` if the previous one is") from exc
     profile = load_profile(root / PROFILE_FILE)
     manifest = read_manifest(path)
     slot = current_slot(root)
@@ -369,6 +391,6 @@ def status(root: str | Path) -> DeviceStatus:
             notes.append(f"the active bundle cannot run here: {exc}")
     return DeviceStatus(root=str(root), profile=load_profile(root / PROFILE_FILE).name, trusted_keys=keys,
                         active=current, previous=state.previous, last_good_version=state.last_good_version,
-                        slots=tuple(slots), history=tuple(h.model_dump() for h in state.history[-10:]),
+                        slots=tuple(slots), history=tuple(h.model_dump() for h in _recent(state.history)),
                         notes=tuple(notes), runs=runs)
 

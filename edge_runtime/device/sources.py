@@ -11,14 +11,7 @@ import stat
 from pathlib import Path
 
 from edgessl.edge_runtime.bundle.manifest import MANIFEST, Manifest
-from edgessl.edge_runtime.bundle.safe_extract import (
-    Member,
-    extract_member,
-    open_archive,
-    read_member,
-    scan,
-    write_stream,
-)
+from edgessl.edge_runtime.bundle.safe_extract import Archive, Member, extract_member, write_stream
 from edgessl.edge_runtime.bundle.signing import SIGNATURE
 from edgessl.errors import BundleError
 
@@ -61,6 +54,20 @@ class _DirSource(Source):
         except FileNotFoundError:
             self.signature = None
 
+    def check_files(self, manifest: Manifest) -> None:
+        """Only what the signed manifest lists may be in the folder: anything else (a stray
+        `numpy.py`, say) could be picked up by what later runs there."""
+        found = []
+        for folder, dirs, files in os.walk(self.path):
+            rel = Path(folder).relative_to(self.path)
+            for name in [*files, *[d for d in dirs if os.path.islink(os.path.join(folder, d))]]:
+                found.append((rel / name).as_posix())
+        unlisted = sorted(set(found) - set(manifest.files) - {MANIFEST, SIGNATURE})
+        if unlisted:
+            raise BundleError(f"{self.path} holds files the signed manifest does not list: {', '.join(unlisted[:5])}"
+                              f"{' ...' if len(unlisted) > 5 else ''}; a bundle folder holds only what it was signed "
+                              "with")
+
     def _read_small(self, name: str, limit: int) -> bytes:
         fd = os.open(self.path / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as f:
@@ -87,10 +94,9 @@ class _DirSource(Source):
 
 class _TarSource(Source):
     def __init__(self, path: Path) -> None:
-        self.tar = open_archive(path)
+        self.tar = Archive(path)
         try:
-            members = scan(self.tar)
-            names = {m.name for m in members}
+            names = {m.name for m in self.tar.members}
             prefix = ""
             if MANIFEST not in names:
                 tops = {n.split("/", 1)[0] for n in names}
@@ -98,10 +104,10 @@ class _TarSource(Source):
                     prefix = next(iter(tops)) + "/"
                 else:
                     raise BundleError(f"{path}: no {MANIFEST} at the top of the archive (or in its one top folder)")
-            self.members: dict[str, Member] = {m.name.removeprefix(prefix): m for m in members}
-            self.manifest_bytes = read_member(self.tar, self.members[MANIFEST], MAX_MANIFEST_BYTES)
+            self.members: dict[str, Member] = {m.name.removeprefix(prefix): m for m in self.tar.members}
+            self.manifest_bytes = self.tar.read(self.members[MANIFEST], MAX_MANIFEST_BYTES)
             sig = self.members.get(SIGNATURE)
-            self.signature = read_member(self.tar, sig, 1 << 16) if sig else None
+            self.signature = self.tar.read(sig, 1 << 16) if sig else None
         except BaseException:
             self.tar.close()
             raise
@@ -120,9 +126,8 @@ class _TarSource(Source):
 
     def write_into(self, manifest: Manifest, dest: Path) -> None:
         for name in manifest.files:
-            member = self.members[name]
-            relocated = Member(name, member.size, member.info)  # without the archive's top folder
-            _check_written(name, extract_member(self.tar, relocated, dest), member.size, manifest)
+            member = self.members[name]  # written under its name without the archive's top folder
+            _check_written(name, extract_member(self.tar, member, dest, name), member.size, manifest)
 
     def close(self) -> None:
         self.tar.close()

@@ -14,9 +14,11 @@ from daemon_helpers import (
     RTSP_SERVER,
     Broker,
     DaemonProcess,
+    Device,
     RtspServer,
     free_port,
     have_rtsp_server,
+    provision_device,
     render_clip,
 )
 
@@ -93,3 +95,9 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         yield b
     finally:
         b.stop()
+
+
+@pytest.fixture
+def device(tmp_path: Path, make_bundle: Callable[..., Path]) -> Device:
+    """A device root that trusts one operator key, with signed model v1 installed."""
+    return provision_device(tmp_path, make_bundle)

@@ -15,7 +15,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,20 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+
+
+def raw_status(api_url: str, method: str, path: str, headers: dict[str, str]) -> int:
+    """The status of a request sent byte for byte as given: httpx refuses header values such as
+    "Bearer " (trailing space), which an attacker's client sends anyway."""
+    host, port = api_url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Content-Length: 0", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        answer = b""
+        while b"\r\n" not in answer and (chunk := sock.recv(4096)):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
 
 
 def free_port() -> int:
@@ -259,3 +275,52 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+# -- a daemon on a provisioned device root --------------------------------------------------------
+
+TOKEN = "push-test-token-0123456789"
+
+
+@dataclass
+class Device:
+    root: Path
+    v1: Path
+    key: Path  # the private key the device trusts
+    public: Path
+
+
+def provision_device(tmp_path: Path, make_bundle: Callable[..., Path], trust: Device | None = None) -> Device:
+    """A device root that trusts one operator key (a new one, or `trust`'s), with signed model v1 installed."""
+    from profile_text import TEST_PROFILE
+
+    from edgessl.devices import keys
+    from edgessl.edge_runtime.device import installer, slots
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "profile.toml").write_text(TEST_PROFILE)
+    if trust is None:
+        pair = keys.generate_keypair(tmp_path / "keys", "operator")
+        private, public = pair.private, pair.public
+    else:
+        private, public = trust.key, trust.public
+    root = tmp_path / "device"
+    slots.init_device(root, tmp_path / "profile.toml", [public])
+    v1 = make_bundle(f"v1-{tmp_path.name}", seed=0, version=1)
+    keys.sign_bundle(v1, private)
+    installer.install(root, v1)
+    return Device(root, v1, private, public)
+
+
+@contextmanager
+def daemon_on_device(tmp_path: Path, device: Device, clips: dict[str, Path], monkeypatch: Any) -> Iterator[Any]:
+    """A daemon running the device root's model on the red clip, with "red" enrolled and seen."""
+    from edgessl.edge_runtime.daemon.core import Daemon
+
+    monkeypatch.setenv("EDGESSL_API_TOKEN", TOKEN)
+    config = make_config(tmp_path, device.v1, [{"id": "cam", "url": str(clips["red"]), "loop": True}],
+                         model={"root": str(device.root), "threads": 1}, api={"port": 0})
+    with Daemon(config) as daemon:
+        daemon.enrollment.enroll_images("red", [textured(RED, i) for i in range(3)])
+        wait_for(lambda: daemon.pipeline.states()[0]["label"] == "red", 15, "red before the update")
+        yield daemon

@@ -3,13 +3,10 @@ through the A/B installer (signature, health check, switch) and the daemon hot-r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from daemon_helpers import RED, make_config, textured, wait_for
+from daemon_helpers import RED, TOKEN, daemon_on_device, make_config, textured, wait_for
 from profile_text import TEST_PROFILE
 
 from edgessl.edge_runtime.daemon.core import Daemon
@@ -19,39 +16,7 @@ flash = pytest.importorskip("edgessl.devices.flash")
 installer = pytest.importorskip("edgessl.edge_runtime.device.installer")
 slots = pytest.importorskip("edgessl.edge_runtime.device.slots")
 
-TOKEN = "push-test-token-0123456789"
-
-
-@dataclass
-class Device:
-    root: Path
-    v1: Path
-    key: Path
-
-
-@pytest.fixture
-def device(tmp_path, make_bundle) -> Device:
-    """A device root that trusts one operator key, with signed model v1 installed."""
-    (tmp_path / "profile.toml").write_text(TEST_PROFILE)
-    pair = keys.generate_keypair(tmp_path / "keys", "operator")
-    root = tmp_path / "device"
-    slots.init_device(root, tmp_path / "profile.toml", [pair.public])
-    v1 = make_bundle("v1", seed=0, version=1)
-    keys.sign_bundle(v1, pair.private)
-    installer.install(root, v1)
-    return Device(root, v1, pair.private)
-
-
-@contextmanager
-def daemon_on_device(tmp_path, device: Device, clips, monkeypatch) -> Iterator[Daemon]:
-    """A daemon running the device root's model on the red clip, with "red" enrolled and seen."""
-    monkeypatch.setenv("EDGESSL_API_TOKEN", TOKEN)
-    config = make_config(tmp_path, device.v1, [{"id": "cam", "url": str(clips["red"]), "loop": True}],
-                         model={"root": str(device.root), "threads": 1}, api={"port": 0})
-    with Daemon(config) as daemon:
-        daemon.enrollment.enroll_images("red", [textured(RED, i) for i in range(3)])
-        wait_for(lambda: daemon.pipeline.states()[0]["label"] == "red", 15, "red before the update")
-        yield daemon
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def test_push_to_a_daemon_on_a_device_root(tmp_path, make_bundle, clips, monkeypatch, device):
@@ -61,7 +26,7 @@ def test_push_to_a_daemon_on_a_device_root(tmp_path, make_bundle, clips, monkeyp
         v2 = make_bundle("v2", seed=1, version=2)
         keys.sign_bundle(v2, device.key)
         answer = flash.push(v2, daemon.api_url, TOKEN)
-        assert answer["ok"] and answer["model"]["version"] == 2
+        assert answer.ok and answer.model.version == 2 and answer.install.slot == "b"
         assert daemon.model.bundle.root.resolve() == slots.active_bundle(device.root).resolve()
         assert daemon.streams["cam"].status().reconnects == 0
         wait_for(lambda: daemon.pipeline.states()[0]["label"] == "red", 15, "red with the new model")
@@ -160,7 +125,7 @@ def _assert_refused_and_unchanged(daemon: Daemon, uploads: dict[str, bytes], sta
     with Gallery(daemon.gallery_path) as g:
         classes = [(c.label, c.exemplars) for c in g.classes()]
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-tar"}
-    with httpx.Client(base_url=daemon.api_url, timeout=60) as client:
+    with httpx.Client(base_url=daemon.api_url, timeout=60, headers=AUTH) as client:
         for kind, body in uploads.items():
             r = client.post("/v1/model", headers=headers, content=body)
             assert r.status_code in status, (kind, r.status_code, r.text)
@@ -237,7 +202,7 @@ def test_a_device_root_whose_profile_prefers_openvino_runs_openvino(tmp_path, ma
     monkeypatch.setenv("EDGESSL_API_TOKEN", TOKEN)
     cams = [{"id": "cam", "url": str(clips["red"]), "loop": True}]
     config = make_config(tmp_path, bundle, cams, model={"root": str(root)}, api={"port": 0})
-    with Daemon(config) as daemon, httpx.Client(base_url=daemon.api_url, timeout=30) as client:
+    with Daemon(config) as daemon, httpx.Client(base_url=daemon.api_url, timeout=30, headers=AUTH) as client:
         model = client.get("/v1/model").json()
         assert (model["backend"], model["artifact"]) == ("openvino", "openvino-fp32")
         assert model["cohort"] == 0  # the tiny bundle has none: plain cosines
@@ -254,3 +219,35 @@ def test_a_device_root_whose_profile_prefers_openvino_runs_openvino(tmp_path, ma
     with Daemon(explicit) as daemon:
         assert (daemon.model.info()["backend"], daemon.model.info()["artifact"]) == ("onnxruntime", "onnx-fp32")
         wait_for(lambda: daemon.pipeline.states()[0]["label"] == "red", 15, "red classified with ONNX Runtime")
+
+
+def test_fleet_push_over_http_to_two_daemons_prints_version_and_slot(tmp_path, make_bundle, clips, monkeypatch,
+                                                                     capsys):
+    """`edgessl flash --fleet` against two real daemons, each on its own device root: the table
+    reads the installed version and slot from the daemon's typed answer (InstallAnswer)."""
+    from contextlib import ExitStack
+
+    from daemon_helpers import provision_device
+
+    from edgessl.cli import main
+
+    porch = provision_device(tmp_path / "porch", make_bundle)
+    devices = [porch, provision_device(tmp_path / "garage", make_bundle, trust=porch)]  # one fleet key
+    v2 = make_bundle("v2", seed=1, version=2)
+    keys.sign_bundle(v2, porch.key)
+    with ExitStack() as stack:
+        daemons = [stack.enter_context(daemon_on_device(tmp_path / d.root.parent.name, d, clips, monkeypatch))
+                   for d in devices]
+        fleet = tmp_path / "fleet.toml"
+        fleet.write_text("workers = 2\n" + "".join(
+            f'\n[[devices]]\nname = "{name}"\ntarget = "{d.api_url}"\ntoken_env = "FLEET_TOKEN"\n'
+            for name, d in zip(("porch", "garage"), daemons, strict=True)))
+        monkeypatch.setenv("FLEET_TOKEN", TOKEN)
+        assert main(["flash", str(v2), "--fleet", str(fleet)]) == 0
+        out = capsys.readouterr().out
+        print(out)
+        rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("porch ", "garage "))}
+        assert set(rows) == {"porch", "garage"}
+        for name, daemon in zip(("porch", "garage"), daemons, strict=True):
+            assert daemon.model.info()["version"] == 2
+            assert rows[name][2:5] == ["ok", "2", "b"], rows[name]

@@ -30,7 +30,7 @@ def api(tmp_path_factory, tiny_bundle, clips):
     daemon = Daemon(config)
     daemon.start()
     try:
-        with httpx.Client(base_url=daemon.api_url, timeout=30) as client:
+        with httpx.Client(base_url=daemon.api_url, timeout=30, headers=AUTH) as client:
             wait_for(lambda: daemon.streams["cam"].status().processed > 0, 20, "frames from the camera")
             yield daemon, client
     finally:

@@ -54,7 +54,7 @@ class HealthProbe:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=30, headers=AUTH) as client:
             while not self._stop.is_set():
                 start = time.monotonic()
                 try:
@@ -110,8 +110,8 @@ def test_twelve_huge_pngs_at_once_keep_rss_bounded_and_health_responsive(tmp_pat
     assert len(probe.times) >= 5 and probe.worst < HEALTH_BOUND_S, f"/health took up to {probe.worst:.2f} s"
 
     # The crops are stored scaled down: the longest side at most 4x the model's input size.
-    cls = next(c for c in httpx.get(f"{url}/v1/classes").json() if c["label"] == "huge")
-    crop = httpx.get(f"{url}/v1/exemplars/{cls['exemplar_ids'][0]}.jpg").content
+    cls = next(c for c in httpx.get(f"{url}/v1/classes", headers=AUTH).json() if c["label"] == "huge")
+    crop = httpx.get(f"{url}/v1/exemplars/{cls['exemplar_ids'][0]}.jpg", headers=AUTH).content
     shape = cv2.imdecode(np.frombuffer(crop, np.uint8), cv2.IMREAD_COLOR).shape
     assert max(shape[:2]) <= 4 * 64 and len(crop) < 100_000, (shape, len(crop))  # the tiny model's input: <= 64
 
@@ -126,11 +126,13 @@ def test_45_concurrent_live_enrollments_are_capped_and_health_answers(tmp_path, 
                                                                       start_daemon):
     (tmp_path / "token").write_text(TOKEN)
     cameras = [{"id": f"cam{i}", "url": str(clips["red"]), "loop": True} for i in range(3)]
+    # 45 connections from one address: above the per-client connection cap (32), which has its own test.
     daemon = start_daemon(make_config(tmp_path, tiny_bundle, cameras,
-                                      api={"port": 0, "token_file": str(tmp_path / "token")}))
+                                      api={"port": 0, "token_file": str(tmp_path / "token"),
+                                           "max_connections_per_client": 64}))
     wait_for(lambda: all(s.status().processed > 0 for s in daemon.streams.values()), 20, "frames from all cameras")
     body = {"label": "live", "frames": 100, "interval_s": 60, "timeout_s": 25}
-    client = httpx.Client(base_url=daemon.api_url, timeout=60, limits=httpx.Limits(max_connections=64))
+    client = httpx.Client(base_url=daemon.api_url, timeout=60, limits=httpx.Limits(max_connections=64), headers=AUTH)
     pool = ThreadPoolExecutor(45)
     try:
         with HealthProbe(daemon.api_url) as probe:
@@ -172,7 +174,7 @@ def test_a_full_work_queue_answers_503_with_retry_after(tmp_path, tiny_bundle, c
                        files=[("images", ("a.png", png.tobytes(), "image/png"))], timeout=10)
         assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1, r.text
         assert "busy" in r.json()["detail"] and "api.max_queued" in r.json()["detail"]
-        assert httpx.get(f"{daemon.api_url}/health", timeout=5).json()["work"]["rejected"] == 1
+        assert httpx.get(f"{daemon.api_url}/health", headers=AUTH, timeout=5).json()["work"]["rejected"] == 1
     finally:
         release.set()
     for f in blocked:

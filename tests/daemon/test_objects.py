@@ -79,7 +79,7 @@ def test_a_stop_keeps_its_track_and_a_person_names_it(tmp_path, tiny_bundle, mon
     video, truth = clip(tmp_path / "stop.mp4", [obj])
     config = objects_config(tmp_path, tiny_bundle, video, proposer={"type": "motion", "history": 30})
     batches: list[Batch] = []
-    with Daemon(config, observer=batches.append) as daemon, httpx.Client(base_url=daemon.api_url) as client:
+    with Daemon(config, observer=batches.append) as daemon, httpx.Client(base_url=daemon.api_url, headers=AUTH) as client:
         wait_for(lambda: any(f.frame >= len(truth) for b in batches for f in b.objects), 60, "the whole clip")
         covered = covering(batches, truth, 1)
         visible = [i for i, gt in enumerate(truth) if gt]
@@ -97,7 +97,7 @@ def test_a_stop_keeps_its_track_and_a_person_names_it(tmp_path, tiny_bundle, mon
         assert [t["id"] for t in listed] == [track] and listed[0]["live"] is False
         detail = client.get(f"/v1/tracks/{track}").json()
         assert detail["crop_urls"] and client.get(detail["crop_urls"][0]).headers["content-type"] == "image/jpeg"
-        assert client.post(f"/v1/tracks/{track}/enroll", json={"label": "rex"}).status_code == 401
+        assert httpx.post(f"{daemon.api_url}/v1/tracks/{track}/enroll", json={"label": "rex"}).status_code == 401
         r = client.post(f"/v1/tracks/{track}/enroll", json={"label": "rex"}, headers=AUTH)
         assert r.status_code == 200, r.text
         answer = r.json()
@@ -128,7 +128,7 @@ def test_a_rejected_track_lowers_that_class_for_what_looks_like_it(tmp_path, tin
                                                  crossing(6.0, "circle", BLUE, 240, 2)])
     config = objects_config(tmp_path, tiny_bundle, video)
     batches: list[Batch] = []
-    with Daemon(config, observer=batches.append) as daemon, httpx.Client(base_url=daemon.api_url) as client:
+    with Daemon(config, observer=batches.append) as daemon, httpx.Client(base_url=daemon.api_url, headers=AUTH) as client:
         wait_for(lambda: any(f.frame >= len(truth) for b in batches for f in b.objects), 60, "the whole clip")
         red = Counter(covering(batches, truth, 1).values()).most_common(1)[0][0]
         blue = Counter(covering(batches, truth, 2).values()).most_common(1)[0][0]

@@ -17,6 +17,7 @@ from daemon_helpers import BLUE, RED, textured, wait_for, write_yaml
 from edgessl.edge_runtime.fewshot.gallery import Gallery
 
 TOKEN = "reembed-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PER_CLASS = 600
 BATCH = 16
 
@@ -51,7 +52,7 @@ def test_restart_with_a_stale_gallery_serves_at_once_and_a_kill_loses_at_most_a_
     started = time.monotonic()
     proc = daemon_process(config, tmp_path / "first.log", env={"EDGESSL_API_TOKEN": TOKEN})
     url = proc.api_url(timeout=30)
-    health = httpx.get(f"{url}/health", timeout=10).json()
+    health = httpx.get(f"{url}/health", headers=AUTH, timeout=10).json()
     took = time.monotonic() - started
     print(f"stale gallery of {total}: /health answered {took:.2f} s after the start (process start included)")
     assert took < 5.0, f"/health took {took:.1f} s after the start"
@@ -60,8 +61,8 @@ def test_restart_with_a_stale_gallery_serves_at_once_and_a_kill_loses_at_most_a_
 
     # Labels are served while the re-embedding runs (every class has fresh exemplars early on).
     def red_while_reembedding() -> dict | None:
-        h = httpx.get(f"{url}/health", timeout=10).json()
-        labels = httpx.get(f"{url}/v1/state", timeout=10).json()
+        h = httpx.get(f"{url}/health", headers=AUTH, timeout=10).json()
+        labels = httpx.get(f"{url}/v1/state", headers=AUTH, timeout=10).json()
         assert h["gallery"]["reembedding"]["running"], f"re-embedding finished first: {h['gallery']}"
         return h if labels[0]["label"] == "red" else None
 
@@ -71,9 +72,9 @@ def test_restart_with_a_stale_gallery_serves_at_once_and_a_kill_loses_at_most_a_
     assert 0 < progress["done"] < total
 
     # kill -9 in the middle; the gallery keeps every committed batch.
-    wait_for(lambda: httpx.get(f"{url}/health", timeout=10).json()["gallery"]["reembedding"]["done"]
+    wait_for(lambda: httpx.get(f"{url}/health", headers=AUTH, timeout=10).json()["gallery"]["reembedding"]["done"]
              >= progress["done"] + 2 * BATCH, 20, "more batches")
-    reported = httpx.get(f"{url}/health", timeout=10).json()["gallery"]["reembedding"]["done"]
+    reported = httpx.get(f"{url}/health", headers=AUTH, timeout=10).json()["gallery"]["reembedding"]["done"]
     os.killpg(proc.proc.pid, signal.SIGKILL)
     proc.proc.wait(10)
     kept = fresh(gallery, fingerprint)
@@ -86,10 +87,10 @@ def test_restart_with_a_stale_gallery_serves_at_once_and_a_kill_loses_at_most_a_
     # The next start re-embeds only what is left, and finishes.
     again = daemon_process(config, tmp_path / "second.log", env={"EDGESSL_API_TOKEN": TOKEN})
     url = again.api_url(timeout=30)
-    assert httpx.get(f"{url}/health", timeout=10).json()["gallery"]["reembedding"]["total"] == total - kept
-    wait_for(lambda: not httpx.get(f"{url}/health", timeout=10).json()["gallery"]["reembedding"]["running"], 60,
+    assert httpx.get(f"{url}/health", headers=AUTH, timeout=10).json()["gallery"]["reembedding"]["total"] == total - kept
+    wait_for(lambda: not httpx.get(f"{url}/health", headers=AUTH, timeout=10).json()["gallery"]["reembedding"]["running"], 60,
              "the re-embedding to finish")
-    assert httpx.get(f"{url}/health", timeout=10).json()["gallery"]["reembedding"]["error"] is None
+    assert httpx.get(f"{url}/health", headers=AUTH, timeout=10).json()["gallery"]["reembedding"]["error"] is None
     assert fresh(gallery, fingerprint) == total
     assert f"re-embedding {total - kept} stale exemplars" in again.output()
 

@@ -20,7 +20,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from daemon_helpers import RED, make_config, textured, wait_for, write_yaml
+from daemon_helpers import RED, make_config, provision_device, textured, wait_for, write_yaml
 from disks import fill, tmpfs
 
 from edgessl.edge_runtime.fewshot.gallery import Gallery
@@ -40,11 +40,13 @@ def enroll(url: str, label: str, n: int = 3) -> httpx.Response:
     return httpx.post(f"{url}/v1/classes", headers=AUTH, data={"label": label}, files=files, timeout=30)
 
 
-def test_a_full_state_dir_is_a_clear_507_and_classes_can_still_be_deleted(tmp_path, tiny_bundle, clips,
+def test_a_full_state_dir_is_a_clear_507_and_classes_can_still_be_deleted(tmp_path, make_bundle, clips,
                                                                           start_daemon):
     (tmp_path / "token").write_text(TOKEN)
+    device = provision_device(tmp_path / "dev", make_bundle)  # a daemon that installs uploads
     with tmpfs(tmp_path / "small", "3m") as disk:
-        config = make_config(tmp_path, tiny_bundle, [{"id": "cam", "url": str(clips["red"]), "loop": True}],
+        config = make_config(tmp_path, device.v1, [{"id": "cam", "url": str(clips["red"]), "loop": True}],
+                             model={"root": str(device.root), "threads": 1},
                              state_dir=str(disk / "state"), storage_reserve_bytes=256 * 1024,
                              api={"port": 0, "token_file": str(tmp_path / "token")})
         daemon = start_daemon(config)
@@ -69,9 +71,9 @@ def test_a_full_state_dir_is_a_clear_507_and_classes_can_still_be_deleted(tmp_pa
 
         r = httpx.delete(f"{url}/v1/classes/big", headers=AUTH, timeout=30)
         assert r.status_code == 200 and r.json().items() >= {"label": "big", "removed": 6}.items(), r.text
-        labels = [c["label"] for c in httpx.get(f"{url}/v1/classes").json()]
+        labels = [c["label"] for c in httpx.get(f"{url}/v1/classes", headers=AUTH).json()]
         assert labels == ["keep"]
-        health = httpx.get(f"{url}/health").json()["storage"]
+        health = httpx.get(f"{url}/health", headers=AUTH).json()["storage"]
         assert health["last_error"]["status"] == 507
 
         filler.unlink()  # space again: enrolling works, and the reserve comes back with the next delete
@@ -99,12 +101,12 @@ def test_read_only_storage_is_reported_at_start(tmp_path, tiny_bundle, clips, st
         warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
         assert any("state_dir" in m and "cannot be written" in m for m in warnings), warnings
         assert any("gallery" in m and "cannot be written" in m for m in warnings), warnings
-        health = httpx.get(f"{url}/health").json()
+        health = httpx.get(f"{url}/health", headers=AUTH).json()
         print("read-only storage in /health:", json.dumps(health["storage"]["problems"]))
         assert health["status"] == "degraded"
         assert health["storage"]["ok"] is False and not health["storage"]["gallery_writable"]
         assert any("Read-only file system" in p for p in health["storage"]["problems"])
-        assert [c["label"] for c in httpx.get(f"{url}/v1/classes").json()] == ["red"]  # still served
+        assert [c["label"] for c in httpx.get(f"{url}/v1/classes", headers=AUTH).json()] == ["red"]  # still served
         r = enroll(url, "blue")
         assert r.status_code == 503 and "read-only" in r.json()["detail"], r.text
         r = httpx.delete(f"{url}/v1/classes/red", headers=AUTH)
@@ -112,12 +114,13 @@ def test_read_only_storage_is_reported_at_start(tmp_path, tiny_bundle, clips, st
         daemon.stop()
 
 
-def test_no_incoming_leftovers_after_a_kill_and_a_restart(tmp_path, tiny_bundle, clips, daemon_process):
+def test_no_incoming_leftovers_after_a_kill_and_a_restart(tmp_path, make_bundle, clips, daemon_process):
     state = tmp_path / "state"
+    device = provision_device(tmp_path / "dev", make_bundle)  # a daemon that installs uploads
     config = write_yaml(tmp_path / "edge.yaml", f"""
         device: crash-test
         state_dir: {state}
-        model: {{bundle: {tiny_bundle}, threads: 1}}
+        model: {{root: {device.root}, threads: 1}}
         cameras:
           - {{id: cam, url: {clips["red"]}, loop: true}}
         api: {{port: 0}}
@@ -125,7 +128,7 @@ def test_no_incoming_leftovers_after_a_kill_and_a_restart(tmp_path, tiny_bundle,
     proc = daemon_process(config, tmp_path / "first.log", env={"EDGESSL_API_TOKEN": TOKEN})
     host, port = proc.api_url().removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:  # an upload, half sent
-        sock.sendall(f"POST /v1/model HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        sock.sendall(f"POST /v1/model HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n"
                      f"Content-Type: application/x-tar\r\nContent-Length: 5000000\r\n\r\n".encode())
         sock.sendall(b"\0" * 1_000_000)
         incoming = state / "incoming"

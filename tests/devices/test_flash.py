@@ -19,6 +19,8 @@ import pytest
 
 from edgessl.cli import main
 from edgessl.devices.flash import FlashError, flash_fleet, flash_one, load_fleet, pack_bundle, push
+from edgessl.edge_runtime.bundle.manifest import read_manifest
+from edgessl.edge_runtime.daemon.http.responses import InstallAnswer, InstallSteps, ModelInfo
 from edgessl.edge_runtime.device.installer import install
 from edgessl.edge_runtime.device.slots import status
 from edgessl.errors import InstallError
@@ -56,9 +58,17 @@ class _StubDaemon(BaseHTTPRequestHandler):
         self.uploads.append({"filename": fields["bundle"].get_filename(), "allow_downgrade": str(allow)})
         try:
             result = install(self.root, upload, allow_downgrade=allow)
-        except InstallError as exc:
-            return self._answer(409, exc.result.to_dict() if exc.result else {"detail": str(exc)})
-        return self._answer(200, result.to_dict())
+        except InstallError as exc:  # as the daemon answers a refusal: the detail and the installer's steps
+            return self._answer(409, {"ok": False, "detail": str(exc),
+                                      "install": exc.result.to_dict() if exc.result else None})
+        # The type the daemon's route answers with (the fleet push parses it)
+        manifest = read_manifest(self.root / "current")
+        model = ModelInfo(name=manifest.model.name, version=manifest.model.version, backbone=manifest.model.backbone,
+                          fingerprint="stub", bundle=str(self.root / "current"), embedding_dim=manifest.embedding_dim,
+                          generation=1, backend="onnxruntime", artifact="onnx", precision="fp32", threads=None,
+                          why="stub", cohort=0)
+        answer = InstallAnswer(model=model, install=InstallSteps(**result.to_dict()))
+        return self._answer(200, answer.model_dump())
 
 
 @pytest.fixture
@@ -92,7 +102,7 @@ def test_pack_bundle_is_a_clean_tar(signed_bundle, tmp_path):
 def test_push_to_daemon(daemon, signed_bundle, helpers, capsys):
     url, root, uploads = daemon
     answer = push(signed_bundle("v1", version=1), url, TOKEN)
-    assert (answer["ok"], answer["version"], answer["slot"]) == (True, 1, "a")
+    assert (answer.ok, answer.install.version, answer.install.slot, answer.model.version) == (True, 1, "a", 1)
     assert uploads == [{"filename": "bundle.tar", "allow_downgrade": "False"}]
 
     # A bad model pushed to the daemon is rolled back there; the client reports why.
@@ -106,7 +116,7 @@ def test_push_to_daemon(daemon, signed_bundle, helpers, capsys):
     tar = pack_bundle(signed_bundle("v3", version=3, seed=1), root.parent / "v3.tar")
     assert main(["flash", str(tar), "--to", url, "--token", TOKEN]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert (printed["ok"], printed["version"], printed["previous_version"]) == (True, 3, 1)
+    assert (printed["ok"], printed["install"]["version"], printed["install"]["previous_version"]) == (True, 3, 1)
     assert main(["flash", str(signed_bundle("v2", version=2)), "--to", url, "--token", TOKEN,
                  "--allow-downgrade"]) == 0
     assert uploads[-1]["allow_downgrade"] == "True" and status(root).active_version == 2

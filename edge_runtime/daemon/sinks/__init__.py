@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, TypeVar, Union
 from pydantic import Field, model_validator
 
 from edgessl.edge_runtime.objects.events import ObjectEvent
+from edgessl.edge_runtime.redact import redact_text
 from edgessl.edge_runtime.schema import StrictModel
 from edgessl.edge_runtime.timestamps import iso
 from edgessl.errors import EdgesslError
@@ -118,7 +119,7 @@ class SinkRunner:
                 self.delivered += 1
             except Exception as exc:
                 self.errors += 1
-                log.warning("sink %s failed: %s", self.name, exc)
+                log.warning("sink %s failed: %s", self.name, redact_text(str(exc)))
                 if self._on_error:
                     self._on_error(self.name)
 
@@ -236,7 +237,7 @@ def build_sinks(sinks_config: Mapping[str, SinkOptions], device: str, stop: thre
             try:
                 built[name] = sink_module(options.type).create(options, SinkContext(name, device, stop))
             except Exception as exc:
-                raise SinkError(f"sink {name!r} ({options.type}) could not start: {exc}") from exc
+                raise SinkError(f"sink {name!r} ({options.type}) could not start: {redact_text(str(exc))}") from exc
     except BaseException:
         for built_name, sink in built.items():
             _close(built_name, sink)

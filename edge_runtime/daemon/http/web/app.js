@@ -18,9 +18,14 @@ function token() { return localStorage.getItem(tokenKey) || ""; }
 function plural(n, word, many = null) { return `${n} ${n === 1 ? word : (many || `${word}s`)}`; }
 const pct = (x) => `${Math.round(x * 100)}%`;
 
+// Everything but the page and /health needs the token (what the cameras see is as private as
+// the right to change things), so every request carries it, images and events included.
+function authHeaders(extra = {}) {
+  return token() ? Object.assign({ Authorization: `Bearer ${token()}` }, extra) : Object.assign({}, extra);
+}
+
 async function api(path, options = {}) {
-  const headers = Object.assign({}, options.headers || {});
-  if (options.method && options.method !== "GET") headers.Authorization = `Bearer ${token()}`;
+  const headers = authHeaders(options.headers || {});
   const response = await fetch(path, Object.assign({}, options, { headers }));
   const type = response.headers.get("content-type") || "";
   const body = type.includes("json") ? await response.json() : await response.text();
@@ -45,7 +50,22 @@ $("#token-form").addEventListener("submit", (ev) => {
   localStorage.setItem(tokenKey, $("#token").value.trim());
   $("#token").value = "";
   showTokenState();
+  if (!cameras.length) loadCameras(); // the first token: now the cameras can be shown
+  if (!eventsOpen) { clearTimeout(eventsRetry); listenEvents(); } // and the events, without waiting
 });
+
+// An <img> whose picture is fetched with the token (an <img src> cannot send it).
+function authImg(props) {
+  const { src, ...rest } = props;
+  const img = el("img", rest);
+  img.dataset.src = src; // what it shows, for a person reading the page's HTML
+  fetch(src, { headers: authHeaders(), cache: "no-store" }).then(async (r) => {
+    if (!r.ok) return;
+    img.src = URL.createObjectURL(await r.blob());
+    img.onload = () => URL.revokeObjectURL(img.src);
+  }).catch(() => {});
+  return img;
+}
 
 // -- live view ---------------------------------------------------------------------------------
 // The picture and the text under it come from one answer: the snapshot carries the region
@@ -82,7 +102,7 @@ function showObjects(card, objects) {
 async function refreshSnapshot(card, cameraId) {
   const img = $("img", card);
   try {
-    const r = await fetch(`/v1/cameras/${encodeURIComponent(cameraId)}/snapshot.jpg?t=${Date.now()}`, { cache: "no-store" });
+    const r = await fetch(`/v1/cameras/${encodeURIComponent(cameraId)}/snapshot.jpg?t=${Date.now()}`, { cache: "no-store", headers: authHeaders() });
     if (r.ok) {
       const states = JSON.parse(r.headers.get("X-Region-States") || "[]");
       const objects = JSON.parse(r.headers.get("X-Objects") || "[]");
@@ -150,7 +170,8 @@ function showHealth(health) {
   if (health.model) showModel(health.model);
   for (const [id, cam] of Object.entries(health.cameras || {})) {
     const card = document.querySelector(`.camera[data-camera="${CSS.escape(id)}"]`);
-    if (card) showCameraState(card, cam);
+    // without the token /health names each camera's state only
+    if (card) showCameraState(card, typeof cam === "string" ? { state: cam, reason: null } : cam);
   }
   const problems = (health.storage && health.storage.problems) || [];
   const banner = $("#banner");
@@ -261,7 +282,7 @@ function trackCard(t) {
       loadClasses();
     } catch (err) { result.className = "result error"; result.textContent = explain(err, "not enrolled"); }
   });
-  const children = [el("img", { src: `/v1/tracks/${t.id}/best.jpg`, alt: `track ${t.id}` }),
+  const children = [authImg({ src: `/v1/tracks/${t.id}/best.jpg`, alt: `track ${t.id}` }),
     el("div", {}, el("span", { className: "muted", textContent: `#${t.id} ` }),
       el("span", { className: `label ${t.label === "unknown" ? "unknown" : ""}`, textContent: label }),
       el("span", { className: "muted", textContent: near })),
@@ -343,8 +364,8 @@ async function loadClasses() {
   if (!classes.length) { root.replaceChildren(el("p", { className: "muted", textContent: "no classes enrolled yet" })); return; }
   root.replaceChildren(...classes.map((c) => {
     const thumbs = el("div", { className: "thumbs" });
-    for (const id of c.exemplar_ids.slice(-12)) thumbs.append(el("img", { src: `/v1/exemplars/${id}.jpg`, alt: c.label, title: `exemplar ${id}` }));
-    for (const id of c.negative_ids.slice(-6)) thumbs.append(el("img", { src: `/v1/exemplars/${id}.jpg`, alt: `not ${c.label}`, className: "negative", title: `negative ${id}` }));
+    for (const id of c.exemplar_ids.slice(-12)) thumbs.append(authImg({ src: `/v1/exemplars/${id}.jpg`, alt: c.label, title: `exemplar ${id}` }));
+    for (const id of c.negative_ids.slice(-6)) thumbs.append(authImg({ src: `/v1/exemplars/${id}.jpg`, alt: `not ${c.label}`, className: "negative", title: `negative ${id}` }));
     const remove = el("button", { className: "delete", textContent: "Delete", title: `forget ${c.label}` });
     remove.addEventListener("click", () => deleteClass(c));
     const threshold = c.threshold === null ? "—" : c.threshold.toFixed(2);
@@ -362,43 +383,81 @@ async function loadClasses() {
 }
 
 // -- events ------------------------------------------------------------------------------------
-function listenEvents() {
-  const source = new EventSource("/v1/events");
-  const list = $("#events");
-  const show = (text) => {
-    list.prepend(el("li", { textContent: text }));
-    while (list.children.length > 50) list.lastChild.remove();
-  };
-  source.addEventListener("event", (msg) => {
-    const e = JSON.parse(msg.data);
+// Server-sent events read with fetch (EventSource cannot send the token), reconnecting after 2 s.
+const handlers = {
+  event(e) {
     const near = e.label === "unknown" && e.nearest ? `, nearest ${e.nearest}` : "";
-    show(`${e.decision_time} ${e.camera}/${e.region}: ${e.previous ?? "—"} → ${e.label} (${e.score.toFixed(2)}${near}, ${e.latency_ms} ms)`);
-  });
-  source.addEventListener("object", (msg) => {
-    const e = JSON.parse(msg.data);
+    showEvent(`${e.decision_time} ${e.camera}/${e.region}: ${e.previous ?? "—"} → ${e.label} (${e.score.toFixed(2)}${near}, ${e.latency_ms} ms)`);
+  },
+  object(e) {
     const what = { entered: "entered", label: `is ${e.label}`, changed: `${e.previous} → ${e.label}`,
       left: `left after ${e.duration_s.toFixed(1)} s (${e.label ?? "unnamed"})` }[e.event];
     const where = e.zones.length ? ` in ${e.zones.join(", ")}` : "";
-    show(`${e.decision_time} ${e.camera} #${e.track}${where}: ${what}`);
-  });
-  source.addEventListener("model", (msg) => {
-    const e = JSON.parse(msg.data);
-    show(`model switched to ${e.model.name} v${e.model.version}`);
+    showEvent(`${e.decision_time} ${e.camera} #${e.track}${where}: ${what}`);
+  },
+  model(e) {
+    showEvent(`model switched to ${e.model.name} v${e.model.version}`);
     showModel(e.model);
     loadClasses();
-  });
+  },
+};
+
+function showEvent(text) {
+  const list = $("#events");
+  list.prepend(el("li", { textContent: text }));
+  while (list.children.length > 50) list.lastChild.remove();
+}
+
+let eventsOpen = false, eventsRetry = null;
+async function listenEvents() {
+  try {
+    const r = await fetch("/v1/events", { headers: authHeaders(), cache: "no-store" });
+    if (r.ok && r.body) {
+      eventsOpen = true;
+      const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          let kind = "message", data = "";
+          for (const line of block.split("\n")) {
+            if (line.startsWith("event: ")) kind = line.slice(7);
+            else if (line.startsWith("data: ")) data += line.slice(6);
+          }
+          if (data && handlers[kind]) handlers[kind](JSON.parse(data));
+        }
+      }
+    }
+  } catch (err) { /* the daemon restarts or the network blinks */ }
+  eventsOpen = false;
+  eventsRetry = setTimeout(listenEvents, token() ? 2000 : 5000);
 }
 
 function showModel(m) { $("#model").textContent = `model ${m.name} v${m.version}`; }
+
+async function loadCameras() {
+  try { cameras = await api("/v1/cameras"); } catch (err) {
+    cameras = [];
+    if (err.status === 401) {
+      $("#cameras").replaceChildren(el("p", { className: "muted need-token", textContent: "Enter the API token (top right) to see the cameras." }));
+      return;
+    }
+  }
+  buildCameras();
+  loadClasses();
+}
 
 async function main() {
   showTokenState();
   syncMode();
   // The cameras first, so that their snapshots are requested at once (no blank cards).
-  try { cameras = await api("/v1/cameras"); } catch (err) { cameras = []; }
-  buildCameras();
+  await loadCameras();
   pollHealth();
-  loadClasses();
   setInterval(loadClasses, 10000);
   listenEvents();
 }
