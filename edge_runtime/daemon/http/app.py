@@ -47,9 +47,17 @@ JSON_BODY_LIMIT = 1 << 20
 ROUTERS = (status, cameras, classes, background, model, tracks, events)
 
 
+# Refused requests give their connection back at once instead of holding it for the keep-alive
+# timeout: a client that retries without the token, or past a stream cap, cannot fill
+# `api.max_connections` with idle connections that the server itself kept open.
+_CLOSE_AFTER = {401, 429}
+
+
 def _answer(body: dict[str, Any], status: int, headers: Any = None) -> JSONResponse:
     if isinstance(body.get("detail"), str):
         body["detail"] = redact_text(body["detail"])
+    if status in _CLOSE_AFTER:
+        headers = {**(headers or {}), "Connection": "close"}
     return JSONResponse(json_safe(body), status_code=status, headers=headers)
 
 

@@ -94,7 +94,7 @@ class HostCheck:
                 body = json.dumps({"ok": False, "detail": f"this device does not answer to the host name {host!r}; "
                                    "add it to api.allowed_hosts if it is one of its names"}).encode()
                 await send({"type": "http.response.start", "status": 421,
-                            "headers": [(b"content-type", b"application/json"),
+                            "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
                                         (b"content-length", str(len(body)).encode())]})
                 await send({"type": "http.response.body", "body": body})
                 return
