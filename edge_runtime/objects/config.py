@@ -55,8 +55,9 @@ class TrackerConfig(StrictModel):
                                      "the background sampled there by this much (centred cosine)")
     stationary_check_s: float = Field(default=0.5, gt=0, le=60, description="how often a stationary object's box "
                                       "is checked")
-    max_hidden_s: float = Field(default=5.0, gt=0, le=600, description="a stationary object with another in "
-                                "front of it is kept this long without a check finding it")
+    max_hidden_s: float = Field(default=5.0, gt=0, le=600, description="a standing (still or stationary) "
+                                "object with another in front of it is kept where it stands this long without "
+                                "being seen")
     max_stationary_s: float = Field(default=3600.0, gt=0, le=86400 * 30, description="a stationary object is "
                                     "given up after this long")
     ghost_similarity: float = Field(default=0.6, ge=-1, le=1, description="where a stationary object was, a new "

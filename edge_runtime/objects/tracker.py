@@ -122,8 +122,9 @@ def _inside(box: np.ndarray, held: np.ndarray) -> bool:
 
 
 def _engulfs(box: np.ndarray, held: np.ndarray) -> bool:
-    """`box` holds `held` and is much larger: a still object's blob merged with a passer-by's."""
-    return bool(coverage(held[None], box[None])[0, 0] >= 0.85 and area(box[None])[0] >= 1.5 * area(held[None])[0])
+    """`box` holds `held` and is a quarter larger or more: a still object's blob merged with a
+    passer-by's (a passer-by that mostly overlaps it makes the union only a little larger)."""
+    return bool(coverage(held[None], box[None])[0, 0] >= 0.85 and area(box[None])[0] >= 1.25 * area(held[None])[0])
 
 
 def _side(box: np.ndarray) -> float:
@@ -416,6 +417,13 @@ class Tracker:
                 self._end(tr, "no check found it where it stood", out)
             elif tr.stationary_since is not None and t - tr.stationary_since > cfg.max_stationary_s:
                 self._end(tr, f"stationary for over {cfg.max_stationary_s:g} s", out)
+            return
+        if tr.state == TrackState.STILL and hidden:
+            # A standing object whose blob merged with a passer-by's (the passer-by took the box):
+            # it has not gone anywhere. Hold it where it stands, and show it, until it is seen again.
+            tr.kf.hold(tr.box)
+            if t - tr.last_seen > cfg.max_hidden_s:
+                self._end(tr, f"hidden for over {cfg.max_hidden_s:g} s where it stood", out)
             return
         if tr.state in (TrackState.MOVING, TrackState.STILL):
             tr.state = TrackState.LOST  # predicted on: hidden by another object, or merged with it

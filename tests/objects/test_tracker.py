@@ -114,6 +114,36 @@ def test_a_stop_keeps_its_track_while_it_looks_like_itself():
     assert np.allclose(tracker.tracks[0].box if tracker.tracks else box(300, 200), box(300, 200))
 
 
+def test_a_standing_object_keeps_its_place_while_a_passer_by_merges_with_it():
+    """A stops (still, not yet absorbed); B walks past it, and for a few frames background
+    subtraction sees one blob over both, which B's track takes. A is still there: shown where it
+    stands throughout, with its id, and matched again when the blobs part."""
+    tracker = Tracker(TrackerConfig(still_after_s=0.3, max_lost_s=0.5))
+    a_ids: list[int | None] = []
+    a_boxes = []
+    merges = 0
+    for k in range(60):
+        ax = 100 + 20 * min(k, 10)  # moves for 1 s, then stands at x = 300
+        a, b = box(ax, 200), box(315, -200 + 10 * k)  # B comes down past A
+        if abs((-200 + 10 * k) - 200) < 38:
+            merged = np.array([min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])])
+            proposals = [(merged, (unit(0) + unit(1)) / np.sqrt(2))]
+            merges += 1
+        else:
+            proposals = [(a, unit(0)), (b, unit(1))]
+        step(tracker, k * DT, proposals)
+        if k == 34:
+            assert tracker.active()[0].state == TrackState.STILL  # A, before B reaches it
+        if k >= 34:
+            near = [tr for tr in tracker.active() if tr.state != TrackState.LOST
+                    and np.hypot(*((tr.box[:2] + tr.box[2:]) / 2 - (ax, 200))) < 10]
+            a_ids.append(near[0].id if near else None)
+            a_boxes.append(near[0].box.copy() if near else None)
+    assert merges >= 5
+    assert None not in a_ids and len(set(a_ids)) == 1, a_ids
+    assert all(np.allclose(bx, box(300, 200), atol=3) for bx in a_boxes[3:])
+
+
 def test_without_the_appearance_check_an_absorbed_stop_is_lost():
     """The same stop, but the object looks like the background: the track ends soon after the
     blob disappears, which is what keeping it by appearance prevents."""
