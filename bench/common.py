@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -20,6 +21,50 @@ HEADER = "# Benchmarks\n\nEvery section is written by the script named in it; re
 # needs its own variable with the same value: with ONEDNN_MAX_CPU_ISA alone, OpenVINO 2026.4 fails
 # to compile on an AVX-512 CPU ("object is not initialized"). torch reads only the oneDNN one.
 AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "OV_CPU_MAX_ISA": "AVX2"}
+
+
+# Times one model file in a child process, so that an ISA variable is read before oneDNN starts.
+# The input is random data of the model's own type (uint8 crops or float NCHW).
+TIMER = r"""
+import json, sys, time, numpy as np
+engine, path, batch, seconds, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+rng = np.random.default_rng(0)
+def data(shape, uint8):
+    return rng.integers(0, 256, shape, dtype=np.uint8) if uint8 else rng.standard_normal(shape).astype(np.float32)
+if engine == "onnxruntime":
+    import onnxruntime as ort
+    opts = ort.SessionOptions(); opts.intra_op_num_threads = threads
+    s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    inp = s.get_inputs()[0]
+    shape = [batch] + [d if isinstance(d, int) else 1 for d in inp.shape[1:]]
+    x = data(shape, inp.type == "tensor(uint8)")
+    run = lambda: s.run(None, {inp.name: x})
+else:
+    import openvino as ov
+    core = ov.Core()
+    model = core.read_model(path)
+    shape = [batch] + [d.get_length() for d in model.inputs[0].get_partial_shape()[1:]]
+    model.reshape({model.inputs[0]: shape})
+    c = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                          "INFERENCE_PRECISION_HINT": "f32"})
+    x = data(shape, model.inputs[0].get_element_type() == ov.Type.u8)
+    req = c.create_infer_request()
+    run = lambda: req.infer({0: x})
+for _ in range(5):
+    run()
+n, t0 = 0, time.perf_counter()
+while time.perf_counter() - t0 < seconds:
+    run(); n += 1
+print(json.dumps({"img_s": n * batch / (time.perf_counter() - t0)}))
+"""
+
+
+def infer(engine: str, path: Path, env: dict[str, str], seconds: float, batch: int = 8, threads: int = 2) -> float:
+    """Images per second of the model file `path` (ONNX or IR) in `engine` ("onnxruntime" or
+    "openvino"), batch `batch`, `threads` threads, in a child process with `env` added."""
+    proc = subprocess.run([sys.executable, "-c", TIMER, engine, str(path), str(batch), str(seconds), str(threads)],
+                          check=True, env={**os.environ, **env}, capture_output=True, text=True)
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["img_s"])
 
 
 def cifar10() -> Path:

@@ -24,37 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import AVX2_ENV, cifar10, write_section  # noqa: E402
-
-# Run in a child process so that the environment variable is read before oneDNN starts.
-TIMER = r"""
-import json, sys, time, numpy as np
-engine, path, batch, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-if engine == "onnxruntime":
-    import onnxruntime as ort
-    opts = ort.SessionOptions(); opts.intra_op_num_threads = 2
-    s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    inp = s.get_inputs()[0]
-    shape = [batch] + [d if isinstance(d, int) else 1 for d in inp.shape[1:]]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    run = lambda: s.run(None, {inp.name: x})
-else:
-    import openvino as ov
-    core = ov.Core()
-    model = core.read_model(path)
-    shape = [batch] + [d.get_length() for d in model.inputs[0].get_partial_shape()[1:]]
-    model.reshape({model.inputs[0]: shape})
-    c = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": 2})
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    req = c.create_infer_request()
-    run = lambda: req.infer({0: x})
-for _ in range(5):
-    run()
-n, t0 = 0, time.perf_counter()
-while time.perf_counter() - t0 < seconds:
-    run(); n += 1
-print(json.dumps({"img_s": n * batch / (time.perf_counter() - t0)}))
-"""
+from common import AVX2_ENV, cifar10, infer, write_section  # noqa: E402
 
 
 def train_row(data: Path, minutes: float, name: str, flags: list[str], env: dict[str, str]) -> dict[str, object]:
@@ -70,12 +40,6 @@ def train_row(data: Path, minutes: float, name: str, flags: list[str], env: dict
            "gflops": last.get("gflops")}
     print(row, flush=True)
     return row
-
-
-def infer(engine: str, path: Path, env: dict[str, str], seconds: float) -> float:
-    proc = subprocess.run([sys.executable, "-c", TIMER, engine, str(path), "8", str(seconds)], check=True,
-                          env={**os.environ, **env}, capture_output=True, text=True)
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["img_s"])
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import torch
 
 from edgessl.edge_runtime.bundle.manifest import (
     Artifact,
+    InputKind,
     Manifest,
     ModelInfo,
     PreprocessSpec,
@@ -29,9 +30,11 @@ from edgessl.edge_runtime.fewshot.cohort import COHORT_IMAGES, MIN_COHORT
 from edgessl.edge_runtime.fewshot.prototypes import evaluate_episodes
 from edgessl.edge_runtime.inference.backends import load_backend
 from edgessl.edge_runtime.inference.parity import DEFAULT_MIN_COSINE, golden_agreement, passes
+from edgessl.edge_runtime.inference.preprocess import normalize
 from edgessl.edge_runtime.inference.timing import speed
 from edgessl.errors import EdgesslError
 from edgessl.export.formats import FORMATS, ExportContext, Format, formats_for_profile, nvidia_gpu
+from edgessl.export.graph_input import put_preprocessing_in_graph
 from edgessl.export.onnx_export import export_onnx
 from edgessl.export.parity import backend_embeddings, compare, device_inputs, torch_embeddings
 from edgessl.train.checkpoint import load_backbone, load_checkpoint
@@ -118,19 +121,72 @@ def input_size_warnings(input_size: tuple[int, int], profiles: list[DeviceProfil
             f"train or distil at that size for those devices"]
 
 
+@dataclass(frozen=True)
+class ExportInputs:
+    """Real images for export, through the device's preprocessing: as the float-input model takes
+    them (to build, calibrate and check formats against torch) and as the shipped artifacts take
+    them (`*_in`: parity, few-shot, golden; uint8 crops when the preprocessing is in the graph)."""
+
+    check: np.ndarray
+    check_in: np.ndarray
+    calib: np.ndarray
+    cohort: np.ndarray | None
+    eval_float: EvalSet | None
+    eval_in: EvalSet | None
+
+
+def _prepare_inputs(ckpt: dict, spec: PreprocessSpec, kind: InputKind, *, data: Path | None, calib: Path | None,
+                    calib_size: int, eval_query: Path | None, eval_support: Path | None, eval_per_class: int,
+                    cohort: bool, int8: bool) -> ExportInputs:
+    size = spec.input_size[0]
+
+    def both(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        crops = device_inputs(images, spec, "uint8-nhwc-bgr")
+        floats = normalize(crops, spec)
+        return floats, crops if kind == "uint8-nhwc-bgr" else floats
+
+    check, check_in = both(real_images(ckpt, data, size))
+    calib_inputs = check
+    if calib is not None:
+        calib_inputs = both(sample_images(calib, size, calib_size))[0]
+    cohort_inputs = None
+    if cohort and calib is not None and len(calib_inputs) >= MIN_COHORT:
+        # The unlabelled calibration images double as the cohort that normalises unknown scores.
+        cohort_inputs = calib_inputs[:COHORT_IMAGES]
+    elif cohort:
+        log.warning("no cohort in the bundle: it needs --calib DIR with at least %d images; calibrated "
+                    "classification on the device then compares plain cosines", MIN_COHORT)
+    elif int8 and calib is None:
+        log.warning("no --calib DIR: INT8 calibration uses the %d sample images of the checkpoint", len(check))
+    eval_float = eval_in = None
+    if eval_query is not None:
+        q, ql = labelled_images(eval_query, size, eval_per_class)
+        s, sl = labelled_images(eval_support, size, eval_per_class) if eval_support else \
+            labelled_images(eval_query, size, eval_per_class, offset=eval_per_class)
+        counts = np.bincount(sl)
+        if counts.min() < 5 or len(ql) == 0:
+            raise EdgesslError(f"few-shot evaluation needs at least 5 support images per class; "
+                               f"{eval_support or eval_query} gives {int(counts.min())} for some class")
+        (sf, si), (qf, qi) = both(s), both(q)
+        eval_float, eval_in = EvalSet(sf, sl, qf, ql), EvalSet(si, sl, qi, ql)
+    return ExportInputs(check, check_in, calib_inputs, cohort_inputs, eval_float, eval_in)
+
+
 def export_bundle(checkpoint: Path, out: Path, *, formats: list[str] | None = None, data: Path | None = None,
                   calib: Path | None = None, calib_size: int = 300, calib_method: str = "minmax",
                   eval_query: Path | None = None, eval_support: Path | None = None, eval_per_class: int = 100,
                   devices: list[str] | None = None, keep_failed: bool = False, threads: int | None = None,
                   name: str | None = None, version: int = 1, min_cosine: float = 0.9999,
-                  force: bool = False, cohort: bool = True) -> Path:
+                  force: bool = False, cohort: bool = True, model_input: InputKind = "uint8-nhwc-bgr") -> Path:
+    """`model_input`: uint8-nhwc-bgr puts the channel order, scaling and mean/std into every
+    artifact's graph (the device only crops and resizes); float32-nchw writes artifacts that
+    take normalised floats, as bundles did before."""
     ckpt = load_checkpoint(checkpoint)
     if "center" not in ckpt:
         raise EdgesslError(f"{checkpoint}: training did not finish (no centring vector); finish or resume it")
     cfg, pre = ckpt["config"], ckpt["preprocess"]
     spec = PreprocessSpec(input_size=tuple(pre["input_size"]), resize=pre["resize"], mean=tuple(pre["mean"]),
                           std=tuple(pre["std"]), channel_order=pre["channel_order"])
-    size = spec.input_size[0]
     profiles = _profiles(devices or [])
     size_warnings = input_size_warnings(spec.input_size, profiles)
     for warning in size_warnings:
@@ -141,35 +197,17 @@ def export_bundle(checkpoint: Path, out: Path, *, formats: list[str] | None = No
     if out.exists() and any(out.iterdir()) and not force:
         raise EdgesslError(f"{out}: already exists and is not empty; choose another --out or pass --force")
 
-    # Real images through the device's preprocessing: parity, calibration (others), few-shot.
-    check = device_inputs(real_images(ckpt, data, size), spec)
-    calib_inputs = check
-    cohort_inputs = None
-    if calib is not None:
-        calib_inputs = device_inputs(sample_images(calib, size, calib_size), spec)
-    if cohort and calib is not None and len(calib_inputs) >= MIN_COHORT:
-        # The unlabelled calibration images double as the cohort that normalises unknown scores.
-        cohort_inputs = calib_inputs[:COHORT_IMAGES]
-    elif cohort:
-        log.warning("no cohort in the bundle: it needs --calib DIR with at least %d images; calibrated "
-                    "classification on the device then compares plain cosines", MIN_COHORT)
-    elif any(f not in ("onnx", "onnx-fp16", "openvino", "tensorrt-fp16") for f in wanted):
-        log.warning("no --calib DIR: INT8 calibration uses the %d sample images of the checkpoint", len(check))
-    eval_set = None
-    if eval_query is not None:
-        q, ql = labelled_images(eval_query, size, eval_per_class)
-        s, sl = labelled_images(eval_support, size, eval_per_class) if eval_support else \
-            labelled_images(eval_query, size, eval_per_class, offset=eval_per_class)
-        counts = np.bincount(sl)
-        if counts.min() < 5 or len(ql) == 0:
-            raise EdgesslError(f"few-shot evaluation needs at least 5 support images per class; "
-                               f"{eval_support or eval_query} gives {int(counts.min())} for some class")
-        eval_set = EvalSet(device_inputs(s, spec), sl, device_inputs(q, spec), ql)
+    inputs = _prepare_inputs(ckpt, spec, model_input, data=data, calib=calib, calib_size=calib_size,
+                             eval_query=eval_query, eval_support=eval_support, eval_per_class=eval_per_class,
+                             cohort=cohort, int8=any(FORMATS[f].precision == "int8" for f in wanted))
+    check, eval_set = inputs.check, inputs.eval_float
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    base = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.base."))
     try:
-        fp32 = export_onnx(model, tmp / "model.onnx", spec.input_size)
+        # The float-input fp32 model every format is built from; not shipped as it is (see _onnx).
+        fp32 = export_onnx(model, base / "model.onnx", spec.input_size)
         reference = torch_embeddings(model, check)
         parity = compare(reference, backend_embeddings("onnxruntime", fp32, check))
         log.info("onnx fp32 vs torch on %d real images: min cosine %.6f", parity.images, parity.cosine_min)
@@ -184,13 +222,14 @@ def export_bundle(checkpoint: Path, out: Path, *, formats: list[str] | None = No
         # INT8 aims at the gate of its strictest target profile (plus headroom).
         targets = {n: min(1.0, max(thresholds(FORMATS[n], profiles).values()) + INT8_HEADROOM)
                    for n in wanted if FORMATS[n].precision == "int8"}
-        ctx = ExportContext(workdir=tmp, fp32_onnx=fp32, calib=calib_inputs, check=check,
+        ctx = ExportContext(workdir=tmp, fp32_onnx=fp32, calib=inputs.calib, check=check, input_kind=model_input,
+                            check_inputs=inputs.check_in,
                             calib_method=calib_method, accuracy_metric=metric, center=center, gate_targets=targets)
 
         artifacts, rows = [], []
         for fmt_name in wanted:
             fmt = FORMATS[fmt_name]
-            artifact, row = _build_and_check(fmt, ctx, reference, spec, eval_set, threads,
+            artifact, row = _build_and_check(fmt, ctx, reference, spec, inputs.eval_in, threads,
                                              thresholds(fmt, profiles))
             if fmt_name == "onnx" and size_warnings:
                 row = row.model_copy(update={"reason": "; ".join(filter(None, [row.reason, *size_warnings]))})
@@ -207,11 +246,12 @@ def export_bundle(checkpoint: Path, out: Path, *, formats: list[str] | None = No
 
         np.save(tmp / "center.npy", center)
         cohort_file = None
-        if cohort_inputs is not None:
+        if inputs.cohort is not None:
             # The fp32 model's embeddings: every artifact passed parity with it, so its cohort is theirs.
-            np.save(tmp / "cohort.npy", torch_embeddings(model, cohort_inputs).astype(np.float32))
+            np.save(tmp / "cohort.npy", torch_embeddings(model, inputs.cohort).astype(np.float32))
             cohort_file = "cohort.npy"
-        np.savez(tmp / "golden.npz", inputs=check[:GOLDEN_IMAGES], embeddings=reference[:GOLDEN_IMAGES])
+        # The golden inputs are what the artifacts take (uint8 crops with the preprocessing in the graph).
+        np.savez(tmp / "golden.npz", inputs=inputs.check_in[:GOLDEN_IMAGES], embeddings=reference[:GOLDEN_IMAGES])
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         manifest = Manifest(
             created_at=now_iso(),
@@ -230,6 +270,7 @@ def export_bundle(checkpoint: Path, out: Path, *, formats: list[str] | None = No
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when it was moved into place
+        shutil.rmtree(base, ignore_errors=True)
     return out
 
 
@@ -241,6 +282,8 @@ def _build_and_check(fmt: Format, ctx: ExportContext, reference: np.ndarray, spe
     time as the health check runs them), against `gate` (profile -> threshold)."""
     try:
         file = fmt.build(ctx)
+        if ctx.input_kind == "uint8-nhwc-bgr":
+            put_preprocessing_in_graph(ctx.workdir / file, spec)
     except Exception as exc:  # any failure of a converter is reported, not fatal to the other formats
         log.debug("export %s failed", fmt.name, exc_info=True)
         return None, ReportRow(name=fmt.name, status="failed-export", backend=fmt.backend,
@@ -261,14 +304,14 @@ def _build_and_check(fmt: Format, ctx: ExportContext, reference: np.ndarray, spe
     try:
         with load_backend(backend, path, threads=threads) as b:
             embed = lambda x: np.concatenate([b.embed(x[i:i + 16]) for i in range(0, len(x), 16)])  # noqa: E731
-            got = embed(ctx.check)
-            golden = ctx.check[:GOLDEN_IMAGES]
+            got = embed(ctx.check_inputs)
+            golden = ctx.check_inputs[:GOLDEN_IMAGES]
             single = np.concatenate([b.embed(golden[i:i + 1]) for i in range(len(golden))])
             parity = compare(reference, got)
             agreement = min(golden_agreement(reference, got, ctx.center),
                             golden_agreement(reference[:len(golden)], single, ctx.center))
             fewshot = eval_set.accuracy(embed) if eval_set is not None else (None, None)
-            latency, throughput = speed(b, spec.input_size) if backend == fmt.backend else (None, None)
+            latency, throughput = speed(b, spec) if backend == fmt.backend else (None, None)
     except Exception as exc:
         return None, ReportRow(**row, status="failed-export", reason=f"does not run: {exc}"[:300])
     least = min(gate.values())
@@ -287,6 +330,7 @@ def _build_and_check(fmt: Format, ctx: ExportContext, reference: np.ndarray, spe
                        cosine_median=parity.cosine_median, cosine_p1=parity.cosine_p1, fewshot=fewshot[0],
                        fewshot_ci95=fewshot[1], latency_ms_b1=latency, throughput_b8=throughput)
     artifact = Artifact(format=fmt.artifact_format, precision=fmt.precision, file=file, name=fmt.name,
+                        input=ctx.input_kind,
                         parity={"golden_min_centred": agreement, "cosine_median": parity.cosine_median,
                                 "cosine_p1": parity.cosine_p1, "cosine_min": parity.cosine_min,
                                 "images": float(parity.images)})

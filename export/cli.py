@@ -42,6 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-cosine", type=float, default=0.9999,
                    help="least cosine between fp32 ONNX and torch on any image (default: 0.9999)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle folder")
+    p.add_argument("--model-input", choices=["uint8-nhwc-bgr", "float32-nchw"], default="uint8-nhwc-bgr",
+                   help="what the artifacts take: uint8-nhwc-bgr (default) puts channel order, scaling and mean/std "
+                        "into the graph, so the device only crops and resizes; float32-nchw writes artifacts that "
+                        "take normalised floats, for edge runtimes older than this field")
     p.add_argument("--no-cohort", dest="cohort", action="store_false",
                    help="do not write cohort.npy (the embeddings of up to 300 of the --calib images, with which "
                    "the device normalises scores before deciding 'unknown'; default: written with --calib)")
@@ -64,12 +68,13 @@ def run(args: argparse.Namespace) -> int:
                         eval_support=args.eval_support, eval_per_class=args.eval_per_class, devices=args.device,
                         keep_failed=args.keep_failed, threads=args.threads, name=args.name,
                         version=args.version, min_cosine=args.min_cosine, force=args.force,
-                        cohort=args.cohort)
+                        cohort=args.cohort, model_input=args.model_input)
     m = load_bundle(out).manifest
     print(f"cohort: {m.cohort}" if m.cohort else "no cohort (pass --calib DIR): the device decides 'unknown' "
           "on plain cosines")
     print(render_report(m.report, title=f"bundle {out}: {m.model.name} v{m.model.version}, "
-                                        f"{m.embedding_dim}-d, input {m.preprocess.input_size}"))
+                                        f"{m.embedding_dim}-d, input {m.preprocess.input_size} "
+                                        f"({m.artifacts[0].input if m.artifacts else '-'})"))
     for profile in m.profiles:
         artifact = m.defaults.get(profile)
         print(f"default for {profile}: {artifact}" if artifact else

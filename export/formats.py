@@ -1,6 +1,7 @@
 """Export formats, one registry: name -> how to build the artifact and which backend runs it.
 
-Every format starts from the verified fp32 ONNX model. TensorRT formats ship an ONNX file
+Every format starts from the verified fp32 ONNX model (by default with the preprocessing in
+its graph: export.graph_input), so every artifact takes the same input. TensorRT formats ship an ONNX file
 (fp16, or QDQ INT8 with symmetric activations for explicit quantization); the engine is built
 on the device, or here when an NVIDIA GPU is present.
 """
@@ -8,12 +9,15 @@ on the device, or here when an NVIDIA GPU is present.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
+
+from edgessl.edge_runtime.bundle.manifest import InputKind
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +26,20 @@ log = logging.getLogger(__name__)
 class ExportContext:
     workdir: Path  # the bundle being built
     fp32_onnx: Path
-    calib: np.ndarray  # preprocessed calibration inputs
-    check: np.ndarray  # preprocessed real inputs for the parity target (not the calibration images)
+    calib: np.ndarray  # calibration images, normalised float NCHW as fp32_onnx takes them
+    check: np.ndarray  # real images (not the calibration images) as fp32_onnx takes them, for the parity target
+    input_kind: InputKind = "float32-nchw"  # what the shipped artifacts take (graph_input puts it in front)
+    check_inputs: np.ndarray | None = None  # `check` as the shipped artifacts take it (default: check)
     calib_method: str = "minmax"
     center: np.ndarray | None = None  # the bundle's centring vector: parity is measured after centring
     int8_median: float = 0.99  # INT8 also aims at a median raw cosine to fp32 this high
     gate_targets: dict[str, float] = field(default_factory=dict)  # format name -> min centred cosine to aim at
     accuracy_metric: Callable[[Callable[[np.ndarray], np.ndarray]], float] | None = None  # for NNCF's control
     notes: dict[str, str] = field(default_factory=dict)  # format name -> what was done, for the report
+
+    def __post_init__(self) -> None:
+        if self.check_inputs is None:
+            self.check_inputs = self.check
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,10 @@ class Format:
 
 
 def _onnx(ctx: ExportContext) -> str:
-    return ctx.fp32_onnx.name
+    out = ctx.workdir / "model.onnx"
+    if out.resolve() != ctx.fp32_onnx.resolve():
+        shutil.copyfile(ctx.fp32_onnx, out)  # the float-input base stays as it is: the other formats start there
+    return out.name
 
 
 def _onnx_fp16(ctx: ExportContext) -> str:

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgessl.edge_runtime.bundle.manifest import PreprocessSpec
+from edgessl.edge_runtime.bundle.manifest import InputKind, PreprocessSpec
 from edgessl.edge_runtime.inference.backends import load_backend
 from edgessl.edge_runtime.inference.parity import cosine_rows
-from edgessl.edge_runtime.inference.preprocess import preprocess
+from edgessl.edge_runtime.inference.preprocess import model_inputs
 
 
 @dataclass(frozen=True)
@@ -32,13 +32,16 @@ class Parity:
                 "max_abs": self.max_abs, "images": float(self.images)}
 
 
-def device_inputs(images_rgb_chw: torch.Tensor, spec: PreprocessSpec) -> np.ndarray:
-    """Real images (uint8 RGB CHW) as the device sees them: BGR frames through its preprocessing."""
+def device_inputs(images_rgb_chw: torch.Tensor, spec: PreprocessSpec,
+                  kind: InputKind = "float32-nchw") -> np.ndarray:
+    """Real images (uint8 RGB CHW) as the device sees them: BGR frames through its preprocessing,
+    as the input of an artifact that takes `kind`."""
     frames = [np.ascontiguousarray(img.permute(1, 2, 0).numpy()[:, :, ::-1]) for img in images_rgb_chw]
-    return preprocess(frames, spec)
+    return model_inputs(frames, spec, kind)
 
 
 def torch_embeddings(model: torch.nn.Module, inputs: np.ndarray) -> np.ndarray:
+    """fp32 torch embeddings of normalised float NCHW inputs."""
     with torch.no_grad():
         return np.concatenate([model.eval()(torch.from_numpy(inputs[i:i + 64])).numpy()
                                for i in range(0, len(inputs), 64)])

@@ -32,6 +32,10 @@ def _safe_relpath(value: str) -> str:
 
 
 
+# What an artifact's input is; see Artifact.input and inference.preprocess.model_inputs.
+InputKind = Literal["uint8-nhwc-bgr", "float32-nchw"]
+
+
 class PreprocessSpec(StrictModel):
     """How a frame becomes the model's input; written by export, followed by the device."""
 
@@ -56,6 +60,10 @@ class Artifact(StrictModel):
     precision: str = Field(description="fp32, fp16 or int8")
     file: str = Field(description="main file; for tensorrt the ONNX model the engine is built from")
     name: str = Field("", description="export format name, e.g. onnx-int8 (default: format-precision)")
+    input: InputKind = Field("float32-nchw", description=(
+        "what the model takes: uint8-nhwc-bgr (the resized crops as the camera gives them; channel order, "
+        "scaling and mean/std are in the graph) or float32-nchw (normalised by the device, as `preprocess` "
+        "says; bundles written before the preprocessing moved into the graph)"))
     parity: dict[str, float] = Field(default_factory=dict, description="cosine figures against fp32 torch")
 
     @property
@@ -227,18 +235,15 @@ def check_external_data(model: Path, root: Path | None = None, allowed: set[str]
     """Refuse an ONNX model whose external-data paths leave `root` (default: the model's folder)
     through `..`, an absolute path or a link, or name a file outside `allowed` (the manifest's
     checksummed files). Reads only the graph: nothing outside the bundle is opened."""
-    import onnx
-    from onnx.external_data_helper import _get_all_tensors
+    from edgessl.edge_runtime.bundle.onnx_wire import WireError, external_tensors
 
     root = (root or model.parent).resolve()
     try:
-        proto = onnx.load(str(model), load_external_data=False)
-    except Exception as exc:  # a truncated or foreign file; protobuf raises its own types
+        tensors = external_tensors(model.read_bytes())  # large blocks are freed back to the system (memory.py)
+    except (OSError, WireError) as exc:  # an empty, truncated or foreign file
         raise BundleError(f"{model}: not a valid ONNX model: {exc}") from exc
-    for tensor in _get_all_tensors(proto):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+    for tensor in tensors:
+        location = tensor.location
         try:
             _safe_relpath(location)
         except ValueError as exc:

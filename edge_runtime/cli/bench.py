@@ -17,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="inference threads (default: the backend's default)")
     p.add_argument("--stored-only", action="store_true", help="only print the stored report")
     p.add_argument("--seconds", type=float, default=1.0, help="timing per figure (default: 1.0)")
+    p.add_argument("--json", action="store_true", help="print {stored: [rows], measured: [rows]} as JSON, no tables")
 
 
 def _threshold(precision: str, profiles: list[str]) -> float:
@@ -36,6 +37,9 @@ def _threshold(precision: str, profiles: list[str]) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
     import numpy as np
 
     from edgessl.edge_runtime.bundle.manifest import ReportRow, load_bundle
@@ -47,16 +51,19 @@ def run(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(args.bundle)
     m = bundle.manifest
-    print(render_report(m.report, title=f"stored report ({m.report_machine or 'machine not recorded'}):"))
+    if not args.json:
+        print(render_report(m.report, title=f"stored report ({m.report_machine or 'machine not recorded'}):"))
     shipped = [a.label for a in m.artifacts]
     reported = [r.name for r in m.report if r.in_bundle]
     if m.report and sorted(shipped) != sorted(reported):
         print(f"warning: the stored report marks {', '.join(reported) or 'nothing'} as in the bundle, "
-              f"but the manifest lists {', '.join(shipped)}")
+              f"but the manifest lists {', '.join(shipped)}", file=sys.stderr)
     if args.stored_only:
+        if args.json:
+            print(json.dumps({"stored": [r.model_dump() for r in m.report], "measured": []}))
         return 0
     golden = np.load(bundle.path(m.golden), allow_pickle=False)
-    inputs, expected = np.asarray(golden["inputs"], np.float32), np.asarray(golden["embeddings"], np.float32)
+    inputs, expected = np.asarray(golden["inputs"]), np.asarray(golden["embeddings"], np.float32)
     center = np.load(bundle.path(m.center), allow_pickle=False)
     stored = {r.name: r for r in m.report}
     rows = []
@@ -72,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             with load_backend(backend, bundle.path(artifact.file), threads=args.threads) as b:
                 batched = b.embed(inputs)
                 single = np.concatenate([b.embed(inputs[i:i + 1]) for i in range(len(inputs))])
-                latency, throughput = speed(b, m.preprocess.input_size, args.seconds)
+                latency, throughput = speed(b, m.preprocess, args.seconds)
         except EdgesslError as exc:
             rows.append(ReportRow(**base, status="skipped", reason=str(exc)[:200]))
             continue
@@ -86,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
                               centred_min=agreement, cosine_median=float(np.median(cos)),
                               cosine_p1=float(np.percentile(cos, 1)), latency_ms_b1=latency,
                               throughput_b8=throughput))
+    if args.json:
+        print(json.dumps({"stored": [r.model_dump() for r in m.report], "measured": [r.model_dump() for r in rows]}))
+        return 0
     print()
     print(render_report(rows, title=f"measured here (golden set, {len(inputs)} images):"))
     return 0

@@ -71,6 +71,10 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edgessl.edge_runtime.memory import tune_malloc
+
+    tune_malloc()  # before any thread allocates: fewer malloc arenas, freed batches go back to the system
+
     from edgessl.edge_runtime.daemon.core import Daemon
     from edgessl.edge_runtime.daemon.logs import bound_logging
 

@@ -60,7 +60,9 @@ def open_capture(cam: CameraConfig) -> Capture:
     if cam.kind == "v4l2":
         return cv2.VideoCapture(cam.url, cv2.CAP_V4L2)
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(cam.open_timeout_s * 1000),
-              cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(cam.stall_timeout_s * 1000)]
+              cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(cam.stall_timeout_s * 1000),
+              # FFmpeg starts a decoder thread per core for every camera; cameras decode in parallel anyway.
+              cv2.CAP_PROP_N_THREADS, cam.decoder_threads]
     options = f"rtsp_transport;{cam.transport}" if cam.kind == "rtsp" else ""
     with _ffmpeg_options(options):
         return cv2.VideoCapture(cam.url, cv2.CAP_FFMPEG, params)

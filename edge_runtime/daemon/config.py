@@ -101,6 +101,11 @@ class CameraConfig(StrictModel):
                                   "camera (default: true in latest mode, false in every mode)")
     fps: float | None = Field(default=None, gt=0, le=1000, description="files in real time: frame rate to play at "
                               "(default: the file's own frame rate, or 25 if it has none)")
+    decoder_threads: int = Field(default=1, ge=0, le=64, description="FFmpeg decoding threads for this camera (0: "
+                                 "FFmpeg's choice, one per core; cameras decode in parallel with each other anyway)")
+    max_fps: float | None = Field(default=None, gt=0, le=1000, description="most frames per second the daemon "
+                                  "processes from this camera (default: as many as it can); frames in between are "
+                                  "skipped, so one busy camera cannot take the passes of the others")
     regions: list[RegionConfig] = Field(default_factory=list, description="regions classified on their own; "
                                         "empty: the whole frame, as one region named 'full' (none when the camera "
                                         "tracks objects)")
@@ -201,6 +206,8 @@ class SmoothingConfig(StrictModel):
 
 class InferenceConfig(StrictModel):
     max_batch: int = Field(default=16, ge=1, le=1024, description="most crops (frames x regions) embedded in one batch")
+    pipelined: bool = Field(default=True, description="crop and resize the next pass's regions while the backend "
+                            "runs this one (one pass prepared at most; see daemon/prefetch.py)")
 
 
 class ApiConfig(StrictModel):

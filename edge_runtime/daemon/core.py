@@ -34,12 +34,13 @@ from edgessl.edge_runtime.daemon.http.routes.events import StreamSlots
 from edgessl.edge_runtime.daemon.http.server import ApiServer
 from edgessl.edge_runtime.daemon.metrics import Metrics
 from edgessl.edge_runtime.daemon.model import LoadedModel, ModelService
-from edgessl.edge_runtime.daemon.pipeline import Batch, Pipeline
+from edgessl.edge_runtime.daemon.pipeline import Batch, Pipeline, Prepared
+from edgessl.edge_runtime.daemon.prefetch import Prefetcher
 from edgessl.edge_runtime.daemon.sinks import Sink, SinkEvent, SinkRunner, first_sink, start_sinks
 from edgessl.edge_runtime.daemon.sinks.mqtt import MqttSink
 from edgessl.edge_runtime.daemon.snapshot import Snapshot, take
 from edgessl.edge_runtime.daemon.storage import Storage
-from edgessl.edge_runtime.daemon.streams import CameraStream, State
+from edgessl.edge_runtime.daemon.streams import CameraStream, CapturedFrame, State
 from edgessl.edge_runtime.daemon.systemd import sd_notify
 from edgessl.edge_runtime.daemon.tracks import TrackService
 from edgessl.edge_runtime.daemon.watchdog import Supervisor
@@ -64,6 +65,8 @@ class Daemon:
         self.gallery_path = config.gallery_path
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._prefetch: Prefetcher | None = None  # set at start when inference.pipelined
+        self._resize_ahead = True  # whether the next pass's region crops will be embedded
         self._extra_sinks = dict(extra_sinks or {})
         self._observer = observer
         cams = [c for c in config.cameras if c.enabled]
@@ -137,6 +140,9 @@ class Daemon:
         self._start_sinks()
         for stream in self.streams.values():
             stream.start()
+        if cfg.inference.pipelined:
+            self._prefetch = Prefetcher(self.pipeline.collect, self._prepare_ahead, self._wake, self._stop)
+            self._spawn("prefetch", self._prefetch.run)
         self._spawn("inference", self._inference_loop)
         self._spawn("supervisor", self.supervisor.run)
         if cfg.api.enabled:
@@ -258,12 +264,9 @@ class Daemon:
         try:
             while not self._stop.is_set():
                 self._heartbeat = time.monotonic()
-                if not self._wake.wait(0.5):
-                    continue
-                self._wake.clear()
+                frames, prepared = self._next_pass()
                 if self._stop.is_set():
                     break
-                frames = self.pipeline.collect()
                 if not frames:
                     continue
                 try:
@@ -278,7 +281,8 @@ class Daemon:
                             assert classifier is not None
                             classifier.set_background(self.background.embeddings(model.extractor))
                         assert classifier is not None
-                        batch = self.pipeline.step(frames, classifier, model.tag)
+                        batch = self.pipeline.step(frames, classifier, model.tag, prepared)
+                        self._resize_ahead = classifier.has_classes or bool(self.pipeline.stages)
                     if self._observer is not None:
                         self._observer(batch)
                     if gallery.revision != revision:
@@ -291,6 +295,22 @@ class Daemon:
                     self._stop.wait(0.5)  # do not spin on a persistent error
         finally:
             gallery.close()
+
+    def _next_pass(self) -> tuple[list[CapturedFrame], Prepared | None]:
+        """The frames of the next pass (waiting up to 0.5 s), resized ahead when pipelined."""
+        if self._prefetch is not None:
+            prepared = self._prefetch.take(0.5)
+            return (prepared.frames, prepared) if prepared is not None else ([], None)
+        if not self._wake.wait(0.5):
+            return [], None
+        self._wake.clear()
+        return self.pipeline.collect(), None
+
+    def _prepare_ahead(self, frames: list[CapturedFrame], resize: bool) -> Prepared:
+        """For the prefetch thread: crops of `frames`, resized for the current model when anything
+        will embed them (a class enrolled, or an objects stage)."""
+        extractor = self.models.current.extractor if resize and self._resize_ahead else None
+        return self.pipeline.prepare(frames, extractor)
 
     def classifier(self, model: LoadedModel, gallery: Gallery) -> FewShotClassifier:
         """The classifier the daemon decides with (also what /v1/classes reports thresholds of)."""

@@ -37,6 +37,7 @@ from edgessl.edge_runtime.daemon.metrics import Metrics
 from edgessl.edge_runtime.device.selection import RunPlan, choose
 from edgessl.edge_runtime.fewshot.gallery import Gallery
 from edgessl.edge_runtime.inference.extractor import FeatureExtractor
+from edgessl.edge_runtime.memory import release_free_memory
 from edgessl.errors import EdgesslError
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ class ModelService:
     def load(self, bundle_dir: Path) -> LoadedModel:
         bundle, plan = self.plan(bundle_dir)
         extractor = FeatureExtractor.from_plan(bundle, plan)
+        release_free_memory()  # what parsing and optimising the model left free in the heap
         self._generation += 1
         log.info("running %s v%d: %s %s (%s)", bundle.manifest.model.name, bundle.manifest.model.version,
                  plan.backend, plan.artifact.label, plan.reason)

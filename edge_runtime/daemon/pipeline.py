@@ -28,6 +28,7 @@ from edgessl.edge_runtime.daemon.sinks import Event, SinkEvent
 from edgessl.edge_runtime.daemon.smoothing import Decision, Smoother
 from edgessl.edge_runtime.daemon.streams import CameraStream, CapturedFrame
 from edgessl.edge_runtime.fewshot.classifier import FewShotClassifier
+from edgessl.edge_runtime.inference.extractor import FeatureExtractor
 from edgessl.edge_runtime.objects.stage import FrameIn, ObjectStage
 from edgessl.edge_runtime.objects.store import TrackStore
 from edgessl.edge_runtime.timestamps import iso
@@ -105,6 +106,19 @@ class Batch:
         return self.decided_mono - self.captured_mono
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A pass's region crops, ready before its turn (daemon.prefetch): the frames, each crop's
+    frame and region, and the crops as the model takes them (None: not resized yet, e.g. no
+    class enrolled, or prepared for another model)."""
+
+    frames: list[CapturedFrame]
+    owners: list[tuple[CapturedFrame, RegionConfig]]
+    crops: list[np.ndarray]
+    inputs: np.ndarray | None = None
+    packed_by: object = None  # the FeatureExtractor that resized them (a new model resizes again)
+
+
 def crop(image: np.ndarray, region: RegionConfig) -> np.ndarray:
     h, w = image.shape[:2]
     x0, y0, x1, y1 = region.box(w, h)
@@ -132,16 +146,36 @@ class Pipeline:
         self._smoothers = {key: Smoother(config.classifier.threshold, sm.alpha, sm.hysteresis, sm.consecutive)
                            for key in self._regions}
         self.last_batch: dict[str, Any] = {}
+        self._due: dict[str, float] = {}  # camera -> monotonic time its next frame may be taken (max_fps)
+        self.resized_ahead = 0  # passes whose region crops the prefetch thread had resized (daemon/prefetch.py)
 
     def collect(self) -> list[CapturedFrame]:
-        """The newest frames, as many per camera as fit one backend batch with all their regions."""
+        """The newest frames, as many per camera as fit one backend batch with all their regions;
+        a camera with `max_fps` gives none until its next frame is due (one busy camera cannot
+        take every pass from the others)."""
         streams = list(self.streams.values())
         per_camera = max(1, self.config.inference.max_batch // max(1, sum(
             len(s.config.region_list) for s in streams)))
         frames: list[CapturedFrame] = []
+        now = time.monotonic()
         for stream in streams:
-            frames += stream.take(per_camera)
+            cap = stream.config.max_fps
+            if cap is not None and now < self._due.get(stream.id, 0.0):
+                continue
+            taken = stream.take(per_camera)
+            if taken and cap is not None:
+                # Due again one interval after this pass; a late pass does not earn a burst.
+                self._due[stream.id] = max(self._due.get(stream.id, 0.0) + 1 / cap, now)
+            frames += taken
         return frames
+
+    def prepare(self, frames: list[CapturedFrame], extractor: FeatureExtractor | None = None) -> Prepared:
+        """The region crops of `frames`; resized into the model's batch when `extractor` is given."""
+        owners = [(frame, region) for frame in frames for region in self.streams[frame.camera].config.region_list]
+        crops = [crop(frame.image, region) for frame, region in owners]
+        if extractor is None or not crops:
+            return Prepared(frames, owners, crops)
+        return Prepared(frames, owners, crops, extractor.inputs(crops), extractor)
 
     def reset(self) -> None:
         """A new model: its scores are not comparable with the old one's averages."""
@@ -150,13 +184,13 @@ class Pipeline:
         for stage in self.stages.values():
             stage.reset()
 
-    def step(self, frames: list[CapturedFrame], classifier: FewShotClassifier, model_tag: str) -> Batch:
-        crops: list[np.ndarray] = []
-        owners: list[tuple[CapturedFrame, RegionConfig]] = []
-        for frame in frames:
-            for region in self.streams[frame.camera].config.region_list:
-                crops.append(crop(frame.image, region))
-                owners.append((frame, region))
+    def step(self, frames: list[CapturedFrame], classifier: FewShotClassifier, model_tag: str,
+             prepared: Prepared | None = None) -> Batch:
+        """One pass over `frames` (their region crops resized already when `prepared` says so)."""
+        extractor = classifier.extractor
+        if prepared is None or prepared.frames is not frames:
+            prepared = self.prepare(frames)
+        owners, crops = prepared.owners, list(prepared.crops)
         n_regions = len(crops)
         # The objects path asks for its crops (proposals, checks, samples) before the batch is embedded.
         spans: list[tuple[ObjectStage, CapturedFrame, int, int]] = []
@@ -169,12 +203,18 @@ class Pipeline:
                 crops += wanted
         max_batch = self.config.inference.max_batch
         t0 = time.perf_counter()
-        if spans:  # the tracker compares crops by their embeddings, enrolled classes or not
-            queries = classifier.embed(crops, batch_size=max_batch)
-        else:  # regions only: with no class enrolled, nothing needs embedding
-            queries = None
-        table = (classifier.score_queries(queries[:n_regions]) if queries is not None
-                 else classifier.scores(crops, batch_size=max_batch))
+        queries = None
+        # The tracker compares crops by their embeddings, enrolled classes or not; regions alone
+        # need embedding only when a class is enrolled.
+        if spans or (crops and classifier.has_classes):
+            ready = prepared.inputs is not None and prepared.packed_by is extractor
+            self.resized_ahead += ready
+            region_inputs = prepared.inputs if ready else extractor.inputs(crops[:n_regions])
+            batch = region_inputs if len(crops) == n_regions else np.concatenate(
+                [region_inputs, extractor.inputs(crops[n_regions:])])
+            queries = classifier.embed_inputs(batch, batch_size=max_batch)
+        table = classifier.score_queries(queries[:n_regions] if queries is not None else
+                                         np.zeros((n_regions, extractor.embedding_dim), np.float32))
         labels = tuple(table.labels)
         scores = table.scores
         thresholds = dict(zip(labels, table.thresholds.tolist(), strict=True)) if table.thresholds is not None \

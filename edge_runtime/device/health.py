@@ -33,6 +33,7 @@ from edgessl.edge_runtime.device.profiles import DeviceProfile, resolve_profile
 from edgessl.edge_runtime.device.selection import choose
 from edgessl.edge_runtime.inference.backends import load_backend
 from edgessl.edge_runtime.inference.parity import golden_agreement, passes
+from edgessl.edge_runtime.inference.preprocess import check_model_inputs
 from edgessl.errors import EdgesslError
 
 log = logging.getLogger(__name__)
@@ -96,16 +97,16 @@ def check_bundle(bundle_dir: str | Path, profile: DeviceProfile, *, measure_memo
                                  memory_budget_mb=profile.memory_budget_mb, skipped=plan.skipped)
     try:
         golden = np.load(bundle.path(manifest.golden), allow_pickle=False)
-        inputs = np.asarray(golden["inputs"], np.float32)
+        inputs = np.asarray(golden["inputs"])
         expected = np.asarray(golden["embeddings"], np.float32)
         center = np.load(bundle.path(manifest.center), allow_pickle=False)
     except (OSError, ValueError, KeyError) as exc:
         return _fail(f"cannot read the golden set or centre vector: {exc}", **known)
-    h, w = manifest.preprocess.input_size
     dim = manifest.embedding_dim
-    if inputs.ndim != 4 or inputs.shape[1:] != (3, h, w) or len(inputs) == 0 or expected.shape != (len(inputs), dim):
-        return _fail(f"golden set has inputs {inputs.shape} and embeddings {expected.shape}; expected "
-                     f"(N, 3, {h}, {w}) and (N, {dim})", **known)
+    wrong = check_model_inputs(inputs, manifest.preprocess, artifact.input)
+    if wrong is not None or expected.shape != (len(inputs), dim):
+        return _fail(f"golden set: {wrong or f'embeddings are {expected.shape}, expected ({len(inputs)}, {dim})'}",
+                     **known)
     if center.shape != (dim,):
         return _fail(f"centre vector has shape {center.shape}; expected ({dim},)", **known)
 

@@ -205,6 +205,15 @@ class FewShotClassifier:
         object tracker compares crops by)."""
         return center_normalize(self.extractor.embed(images, batch_size=batch_size), self.extractor.center)
 
+    def embed_inputs(self, batch: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """`embed` of a batch prepared by `extractor.inputs` (e.g. on another thread)."""
+        return center_normalize(self.extractor.embed_inputs(batch, batch_size=batch_size), self.extractor.center)
+
+    @property
+    def has_classes(self) -> bool:
+        """Whether any class is enrolled (without one, region crops need no embedding)."""
+        return bool(self._prototypes().labels)
+
     def score_queries(self, queries: np.ndarray) -> ClassScores:
         """`scores` of queries embedded already (centred and normalised, as `embed` gives them)."""
         protos = self._prototypes()

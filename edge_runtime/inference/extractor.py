@@ -1,4 +1,8 @@
-"""Images to embeddings with the model of a bundle: preprocessing + a backend."""
+"""Images to embeddings with the model of a bundle: preprocessing + a backend.
+
+The device's share of the preprocessing is crop and resize into one uint8 batch; the rest
+(channel order, scaling, mean/std) is in the graph of artifacts that take uint8 crops, and
+done here in numpy only for older float-input artifacts (see Artifact.input)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import numpy as np
 
 from edgessl.edge_runtime.bundle.manifest import Artifact, Bundle, PreprocessSpec
 from edgessl.edge_runtime.inference.backends import Backend, backend_class, load_backend
-from edgessl.edge_runtime.inference.preprocess import preprocess
+from edgessl.edge_runtime.inference.preprocess import model_inputs
 from edgessl.errors import BackendError, BundleError
 
 if TYPE_CHECKING:
@@ -43,8 +47,9 @@ class FeatureExtractor:
         self.embedding_dim = embedding_dim
         self.backend_name: str | None = None  # set by load(): what runs, for /v1/model and /metrics
         self.artifact: Artifact | None = None
+        self.input_kind = getattr(backend, "input_kind", "float32-nchw")
         # One dummy frame checks that the model really produces embedding_dim features.
-        probe = self.backend.embed(np.zeros((1, 3, *spec.input_size), np.float32))
+        probe = self.backend.embed(model_inputs([np.zeros((*spec.input_size, 3), np.uint8)], spec, self.input_kind))
         if probe.shape != (1, embedding_dim):
             raise BundleError(f"the model outputs embeddings of shape {probe.shape[1:]}; "
                               f"the manifest says embedding_dim {embedding_dim}")
@@ -71,6 +76,9 @@ class FeatureExtractor:
         cohort = None if manifest.cohort is None else _load_npy(bundle.path(manifest.cohort))
         model = load_backend(backend, bundle.path(artifact.file), threads=threads, **options)
         try:
+            if model.input_kind != artifact.input:
+                raise BundleError(f"{artifact.file}: the manifest says the model takes {artifact.input} input, "
+                                  f"the model itself takes {model.input_kind}")
             extractor = cls(model, manifest.preprocess, center, bundle.fingerprint(artifact),
                             manifest.embedding_dim, cohort)
         except BaseException:
@@ -81,18 +89,33 @@ class FeatureExtractor:
                  artifact.label, backend, manifest.embedding_dim)
         return extractor
 
+    def inputs(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """BGR uint8 images -> the batch the model takes (crop + resize into one uint8 batch; and
+        normalised for float-input artifacts). Touches no backend: another thread may run it."""
+        return model_inputs(images, self.spec, self.input_kind)
+
+    def embed_inputs(self, batch: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """A batch from `inputs` -> (N, D) float32 raw embeddings, `batch_size` at a time."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        out = np.empty((len(batch), self.embedding_dim), np.float32)
+        for start in range(0, len(batch), batch_size):
+            part = batch[start:start + batch_size]
+            emb = self.backend.embed(part)
+            if emb.shape != (len(part), self.embedding_dim):
+                raise BackendError(f"backend returned embeddings of shape {emb.shape}, "
+                                   f"expected ({len(part)}, {self.embedding_dim})")
+            out[start:start + len(part)] = emb
+        return out
+
     def embed(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
-        """BGR uint8 images -> (N, D) float32 raw embeddings."""
+        """BGR uint8 images -> (N, D) float32 raw embeddings (resized `batch_size` at a time)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         out = np.empty((len(images), self.embedding_dim), np.float32)
         for start in range(0, len(images), batch_size):
-            batch = preprocess(images[start:start + batch_size], self.spec)
-            emb = self.backend.embed(batch)
-            if emb.shape != (len(batch), self.embedding_dim):
-                raise BackendError(f"backend returned embeddings of shape {emb.shape}, "
-                                   f"expected ({len(batch)}, {self.embedding_dim})")
-            out[start:start + len(batch)] = emb
+            batch = self.inputs(images[start:start + batch_size])
+            out[start:start + len(batch)] = self.embed_inputs(batch, batch_size)
         return out
 
     def close(self) -> None:

@@ -1,8 +1,10 @@
 """Frames to model input, exactly as the bundle's `PreprocessSpec` says.
 
 Images are OpenCV's BGR uint8 HWC arrays; grayscale and BGRA are converted to BGR first.
-The resize runs per image (OpenCV); the rest (channel order, scaling, mean/std, NCHW) runs
-once on the stacked batch.
+Each crop is resized straight into one preallocated uint8 NHWC batch (`pack`). Artifacts
+exported with the preprocessing in the graph (`Artifact.input == "uint8-nhwc-bgr"`) take
+that batch as it is; older ones take `normalize(pack(...))`: channel order, scaling,
+mean/std and NCHW in one pass over the batch.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgessl.edge_runtime.bundle.manifest import PreprocessSpec
+from edgessl.edge_runtime.bundle.manifest import InputKind, PreprocessSpec
 from edgessl.errors import ImageError
 
 _INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
@@ -46,8 +48,9 @@ def to_bgr(image: np.ndarray) -> np.ndarray:
     raise ImageError(f"image shape {image.shape} is not HxW (gray), HxWx3 (BGR) or HxWx4 (BGRA)")
 
 
-def resize(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """Resize one BGR image to spec.input_size: stretch, or cover the target and centre-crop."""
+def resize(image: np.ndarray, spec: PreprocessSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """Resize one BGR image to spec.input_size: stretch, or cover the target and centre-crop.
+    With `out` (a contiguous (H, W, 3) uint8 array), the result is written there."""
     th, tw = spec.input_size
     ih, iw = image.shape[:2]
     if ih == 0 or iw == 0:
@@ -67,18 +70,31 @@ def resize(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
             x0, x1 = round(left / scale), round((left + tw) / scale)
             image = image[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
         else:
-            return image[top:top + th, left:left + tw]
+            image = image[top:top + th, left:left + tw]
     if image.shape[:2] == (th, tw):
-        return image
-    return cv2.resize(image, (tw, th), interpolation=interpolation)
+        if out is None:
+            return image
+        out[...] = image
+        return out
+    if out is None:
+        return cv2.resize(image, (tw, th), interpolation=interpolation)
+    cv2.resize(image, (tw, th), dst=out, interpolation=interpolation)
+    return out
 
 
-def preprocess(images: Sequence[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
-    """BGR uint8 HWC images -> float32 NCHW batch, normalised as the model expects."""
+def pack(images: Sequence[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
+    """BGR uint8 HWC images -> one uint8 (N, H, W, 3) BGR batch at the model's input size.
+    Each crop is resized into its row of the batch: no per-crop arrays, no float copies."""
     th, tw = spec.input_size
-    if not images:
-        return np.zeros((0, 3, th, tw), np.float32)
-    batch = np.stack([resize(to_bgr(im), spec) for im in images])  # N, H, W, 3 (BGR)
+    batch = np.empty((len(images), th, tw, 3), np.uint8)
+    for row, image in zip(batch, images, strict=True):
+        resize(to_bgr(image), spec, out=row)
+    return batch
+
+
+def normalize(batch: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """uint8 (N, H, W, 3) BGR batch -> float32 NCHW, normalised as the model expects: what an
+    artifact with the preprocessing in its graph computes first."""
     if spec.channel_order == "RGB":
         batch = batch[..., ::-1]
     # One pass to NCHW float32, then one multiply-add: (x / 255 - mean) / std.
@@ -87,3 +103,31 @@ def preprocess(images: Sequence[np.ndarray], spec: PreprocessSpec) -> np.ndarray
     x *= 1 / (np.float32(255) * std)
     x -= (np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1) / std)
     return x
+
+
+def preprocess(images: Sequence[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
+    """BGR uint8 HWC images -> float32 NCHW batch, normalised as the model expects."""
+    return normalize(pack(images, spec), spec)
+
+
+def model_inputs(images: Sequence[np.ndarray], spec: PreprocessSpec, kind: InputKind) -> np.ndarray:
+    """The batch an artifact that takes `kind` runs on (see Artifact.input)."""
+    batch = pack(images, spec)
+    return batch if kind == "uint8-nhwc-bgr" else normalize(batch, spec)
+
+
+def input_shape(kind: InputKind, spec: PreprocessSpec) -> tuple[int, int, int]:
+    """The shape of one image of a batch that an artifact taking `kind` runs on."""
+    h, w = spec.input_size
+    return (h, w, 3) if kind == "uint8-nhwc-bgr" else (3, h, w)
+
+
+def check_model_inputs(inputs: np.ndarray, spec: PreprocessSpec, kind: InputKind) -> str | None:
+    """Why `inputs` (e.g. a bundle's golden inputs) are not a batch for an artifact taking
+    `kind`, or None when they are."""
+    dtype = np.uint8 if kind == "uint8-nhwc-bgr" else np.float32
+    shape = input_shape(kind, spec)
+    if inputs.dtype != dtype or inputs.ndim != 4 or inputs.shape[1:] != shape or len(inputs) == 0:
+        return (f"inputs are {inputs.dtype} {inputs.shape}; an artifact taking {kind} needs "
+                f"{np.dtype(dtype)} (N, {', '.join(map(str, shape))})")
+    return None

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edgessl.edge_runtime.bundle.manifest import ReportRow
+from edgessl.edge_runtime.bundle.manifest import PreprocessSpec, ReportRow
 from edgessl.edge_runtime.inference.backends import Backend
+from edgessl.edge_runtime.inference.preprocess import input_shape
 
 
 def time_batches(backend: Backend, batch: np.ndarray, seconds: float = 1.0, warmup: int = 2,
@@ -29,11 +30,19 @@ def time_batches(backend: Backend, batch: np.ndarray, seconds: float = 1.0, warm
     return statistics.median(times)
 
 
-def speed(backend: Backend, input_size: tuple[int, int], seconds: float = 1.0) -> tuple[float, float]:
+def random_inputs(backend: Backend, spec: PreprocessSpec, n: int, seed: int = 0) -> np.ndarray:
+    """A batch of `n` random images as the backend's model takes them (uint8 crops or floats)."""
+    rng = np.random.default_rng(seed)
+    kind = getattr(backend, "input_kind", "float32-nchw")
+    shape = (n, *input_shape(kind, spec))
+    if kind == "uint8-nhwc-bgr":
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def speed(backend: Backend, spec: PreprocessSpec, seconds: float = 1.0) -> tuple[float, float]:
     """(ms per image at batch 1, images per second at batch 8) on random inputs."""
-    rng = np.random.default_rng(0)
-    b1 = rng.standard_normal((1, 3, *input_size), dtype=np.float32)
-    b8 = rng.standard_normal((8, 3, *input_size), dtype=np.float32)
+    b1, b8 = random_inputs(backend, spec, 1), random_inputs(backend, spec, 8)
     return 1000 * time_batches(backend, b1, seconds), 8 / time_batches(backend, b8, seconds)
 
 

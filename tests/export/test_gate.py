@@ -177,7 +177,7 @@ def test_tensorrt_without_a_gpu_is_unchecked_in_export_report_and_bench(checkpoi
     assert m.defaults["jetson-orin-nano"] in ("tensorrt-int8", "tensorrt-fp16")
     assert next(r for r in m.report if r.name == m.defaults["jetson-orin-nano"]).status == "unchecked"
     assert "tensorrt-fp16  unchecked" in render_report(m.report)
-    bench(argparse.Namespace(bundle=out, threads=1, stored_only=False, seconds=0.05))
+    bench(argparse.Namespace(bundle=out, threads=1, stored_only=False, seconds=0.05, json=False))
     printed = capsys.readouterr().out
     stored, measured = printed.split("measured here")
     assert "unchecked" in stored and "warning" not in printed
@@ -192,7 +192,7 @@ def test_bench_measures_the_same_gate_as_export(gated, capsys):
     from edgessl.edge_runtime.cli.bench import run as bench
 
     out, _ = gated
-    bench(argparse.Namespace(bundle=out, threads=1, stored_only=False, seconds=0.05))
+    bench(argparse.Namespace(bundle=out, threads=1, stored_only=False, seconds=0.05, json=False))
     measured = capsys.readouterr().out.split("measured here")[1]
     m = load_bundle(out).manifest
     golden, center = np.load(out / "golden.npz"), np.load(out / "center.npy")

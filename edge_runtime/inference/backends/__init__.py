@@ -1,6 +1,8 @@
 """Inference backends: one file each, chosen by name from one explicit table.
 
-A backend turns a float32 NCHW batch into (N, D) float32 embeddings. Each file declares its
+A backend turns a batch into (N, D) float32 embeddings. The batch is what the model takes,
+which the backend reads from the model itself (`input_kind`): uint8 NHWC BGR crops for
+artifacts with the preprocessing in the graph, float32 NCHW for older ones. Each file declares its
 `name`, the artifact format it runs, the Python packages its runtime needs (`requires`) and a
 pydantic `Options` model (with a `type` discriminator) for its keyword options. A backend's
 module imports its runtime only when a model is loaded, so listing the registry is cheap and
@@ -13,11 +15,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import numpy as np
 
+from edgessl.edge_runtime.bundle.manifest import InputKind
 from edgessl.edge_runtime.schema import StrictModel
 from edgessl.errors import BackendError
 
@@ -39,9 +43,10 @@ class Backend(Protocol):
     artifact_format: ClassVar[str]  # the bundle artifact format it runs, e.g. "onnx"
     requires: ClassVar[tuple[str, ...]]  # Python packages (import names) its runtime needs
     Options: ClassVar[type[StrictModel]]  # its keyword options, with `type: Literal[name]`
+    input_kind: InputKind  # what the loaded model takes, read from the model
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        """float32 (N, 3, H, W) -> float32 (N, D)."""
+        """uint8 (N, H, W, 3) or float32 (N, 3, H, W), as `input_kind` says -> float32 (N, D)."""
         ...
 
     def close(self) -> None:
@@ -111,8 +116,27 @@ def load_backend(name: str, model_path: str | Path, *, threads: int | None = Non
     return backend_class(name)(Path(model_path), threads=threads, **check_options(name, options))  # type: ignore[call-arg]
 
 
-def check_batch(batch: np.ndarray) -> np.ndarray:
-    """The batch as contiguous float32 NCHW with 3 channels, or a BackendError saying why not."""
+def input_kind_of(dtype: Any, shape: Sequence[object]) -> InputKind:
+    """What a model takes, from its input's element type and shape (uint8 NHWC or float NCHW)."""
+    if np.dtype(dtype) == np.uint8 and len(shape) == 4 and shape[-1] == 3:
+        return "uint8-nhwc-bgr"
+    if np.dtype(dtype) == np.float32 and len(shape) == 4 and shape[1] == 3:
+        return "float32-nchw"
+    raise BackendError(f"the model's input ({np.dtype(dtype)}, shape {tuple(shape)}) is neither uint8 "
+                       f"(N, H, W, 3) nor float32 (N, 3, H, W)")
+
+
+def check_batch(batch: np.ndarray, kind: InputKind = "float32-nchw") -> np.ndarray:
+    """The batch as the contiguous array a model of `kind` takes, or a BackendError saying why not."""
+    if kind == "uint8-nhwc-bgr":
+        if not isinstance(batch, np.ndarray) or batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
+            raise BackendError(f"this model takes uint8 crops of shape (N, H, W, 3) (BGR, the preprocessing is "
+                               f"in the graph), got {getattr(batch, 'dtype', type(batch).__name__)} "
+                               f"{getattr(batch, 'shape', '')}")
+        return np.ascontiguousarray(batch)
+    if isinstance(batch, np.ndarray) and batch.dtype == np.uint8:
+        raise BackendError("this model takes float32 (N, 3, H, W) batches normalised by the device "
+                           "(inference.preprocess), got uint8 crops")
     batch = np.ascontiguousarray(batch, dtype=np.float32)
     if batch.ndim != 4 or batch.shape[1] != 3:
         raise BackendError(f"expected a float32 batch of shape (N, 3, H, W), got {batch.shape}")

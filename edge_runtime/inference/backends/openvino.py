@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from edgessl.edge_runtime.inference.backends import Backend, check_batch
+from edgessl.edge_runtime.inference.backends import Backend, check_batch, input_kind_of
 from edgessl.edge_runtime.schema import StrictModel
 from edgessl.errors import BackendError
 
@@ -52,12 +52,15 @@ class OpenVinoBackend(Backend):
             raise BackendError(f"{model_path}: OpenVINO cannot compile the model for {device}: {exc}") from exc
         self._request = self._compiled.create_infer_request()
         self._output = self._compiled.output(0)
+        port = self._compiled.input(0)
+        dims = [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
+        self.input_kind = input_kind_of(port.get_element_type().to_dtype(), dims)
         log.debug("loaded %s on OpenVINO %s", model_path, device)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         if self._compiled is None:
             raise BackendError("the OpenVINO backend is closed")
-        batch = check_batch(batch)
+        batch = check_batch(batch, self.input_kind)
         out = self._request.infer({0: batch})[self._output]
         return np.asarray(out, np.float32).reshape(len(batch), -1)
 

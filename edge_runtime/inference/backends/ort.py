@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from edgessl.edge_runtime.bundle.manifest import check_external_data
-from edgessl.edge_runtime.inference.backends import Backend, check_batch
+from edgessl.edge_runtime.inference.backends import Backend, check_batch, input_kind_of
 from edgessl.edge_runtime.schema import StrictModel
 from edgessl.errors import BackendError, BundleError
 
@@ -54,6 +54,8 @@ class OnnxRuntimeBackend(Backend):
         except BundleError as exc:
             raise BackendError(f"{model_path}: ONNX Runtime cannot load the model: {exc}") from exc
         options = ort.SessionOptions()
+        # The daemon's batch sizes vary from pass to pass; ORT would keep a memory plan per shape.
+        options.enable_mem_pattern = False
         if threads is not None:
             options.intra_op_num_threads = threads
         try:
@@ -67,12 +69,16 @@ class OnnxRuntimeBackend(Backend):
                                f"it has {[i.name for i in inputs]}")
         self.input_name: str = inputs[0].name
         self.output_name: str = outputs[0].name
+        dtype = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32}.get(inputs[0].type)
+        if dtype is None:
+            raise BackendError(f"{model_path}: the model's input is {inputs[0].type}; expected uint8 or float")
+        self.input_kind = input_kind_of(dtype, inputs[0].shape)
         log.debug("loaded %s with %s (%s -> %s)", model_path, providers, self.input_name, self.output_name)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         if self._session is None:
             raise BackendError("the ONNX Runtime backend is closed")
-        batch = check_batch(batch)
+        batch = check_batch(batch, self.input_kind)
         (out,) = self._session.run([self.output_name], {self.input_name: batch})
         return np.asarray(out, np.float32).reshape(len(batch), -1)
 

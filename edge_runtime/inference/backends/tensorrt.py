@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from edgessl.edge_runtime.bundle.manifest import check_external_data
-from edgessl.edge_runtime.inference.backends import Backend, check_batch
+from edgessl.edge_runtime.inference.backends import Backend, check_batch, input_kind_of
 from edgessl.edge_runtime.schema import StrictModel
 from edgessl.errors import BackendError
 
@@ -87,9 +87,9 @@ def build_engine(onnx_path: Path, max_batch: int = 8, workspace_mb: int = 1024) 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     inp = network.get_input(0)
-    _, c, h, w = inp.shape
+    per_image = tuple(inp.shape)[1:]  # (3, H, W) float, or (H, W, 3) uint8 with the preprocessing in the graph
     profile = builder.create_optimization_profile()
-    profile.set_shape(inp.name, (1, c, h, w), (max(1, max_batch // 2), c, h, w), (max_batch, c, h, w))
+    profile.set_shape(inp.name, (1, *per_image), (max(1, max_batch // 2), *per_image), (max_batch, *per_image))
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -156,6 +156,7 @@ class TensorRtBackend(Backend):
         self._in_shape = tuple(self._engine.get_tensor_shape(self._input))[1:]
         self._in_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(self._input)))
         self._out_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(self._output)))
+        self.input_kind = input_kind_of(self._in_dtype, (-1, *self._in_shape))
         self._stream = _check(cudart.cudaStreamCreate())
         self._d_in = _check(cudart.cudaMalloc(max_batch * int(np.prod(self._in_shape)) * self._in_dtype.itemsize))
         self._context.set_input_shape(self._input, (max_batch, *self._in_shape))
@@ -182,7 +183,7 @@ class TensorRtBackend(Backend):
     def embed(self, batch: np.ndarray) -> np.ndarray:
         if self._context is None:
             raise BackendError("the TensorRT backend is closed")
-        batch = check_batch(batch)
+        batch = check_batch(batch, self.input_kind)
         if tuple(batch.shape[1:]) != self._in_shape:
             raise BackendError(f"the engine takes inputs of shape (N, {', '.join(map(str, self._in_shape))}), "
                                f"got {batch.shape}")
