@@ -1,7 +1,7 @@
 """The camera daemon under load: 4 cameras playing video files in real time at 25 fps.
 
-Latest-frame mode, at a load the machine sustains and at twice that load (pipelined, the
-default, and not pipelined, side by side), then the memory of `edgessl run` itself: VmRSS after
+Latest-frame mode, at a load the machine sustains and at twice that load (not pipelined, the
+default, and pipelined, side by side; optionally other backend thread counts), then the memory of `edgessl run` itself: VmRSS after
 a minute of streaming with one camera (resnet_tiny at 32x32) and with four (the --bundle). The load is the
 number of regions classified per frame (each region is one crop through the model): short
 runs of the daemon find the most regions per camera it processes without dropping frames;
@@ -202,7 +202,7 @@ def rss_mb() -> float:
 
 
 def run_daemon(bundle: Path, clip: Path, gallery: Path, state: Path, r: int, minutes: float, threads: int,
-               size: tuple[int, int], warmup_s: float = WARMUP_S, pipelined: bool = True) -> dict[str, Any]:
+               size: tuple[int, int], warmup_s: float = WARMUP_S, pipelined: bool = False) -> dict[str, Any]:
     config = DaemonConfig.model_validate({
         "device": "bench", "state_dir": str(state), "gallery": str(gallery),
         "model": {"bundle": str(bundle), "threads": threads},
@@ -300,7 +300,8 @@ def process_memory(bundle: Path, clip: Path, gallery: Path, state: Path, cameras
     """`edgessl run` as a device runs it (API on, classes enrolled, cameras looping the clip in
     real time): /proc/PID/status after `seconds` of streaming."""
     state.mkdir(parents=True, exist_ok=True)
-    config = {"device": "bench", "state_dir": str(state), "gallery": str(gallery), "model": {"bundle": str(bundle)},
+    config = {"device": "bench", "state_dir": str(state), "gallery": str(gallery.resolve()),
+              "model": {"bundle": str(bundle.resolve())},
               "cameras": [{"id": f"cam{i}", "url": str(clip), "loop": True,
                            "regions": regions(regions_per_camera, *size)} for i in range(cameras)],
               "api": {"port": 0}, "log_level": "WARNING"}
@@ -398,11 +399,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="measured minutes per load level (default 10)")
     parser.add_argument("--bundle", type=Path, default=None, help="model bundle (default: a stand-in CNN)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="backend threads (default: cores)")
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) - 1),
+                        help="backend threads (default: cores - 1, what `edgessl run` chooses)")
     parser.add_argument("--regions", type=int, default=None, help="regions per camera at the sustainable load "
                         "(default: found by short runs of the daemon)")
     parser.add_argument("--minutes-2x", type=float, default=None,
-                        help="measured minutes at twice the load, pipelined (default: --minutes)")
+                        help="measured minutes at twice the load (default: --minutes)")
     parser.add_argument("--compare-threads", type=int, nargs="*", default=[],
                         help="also run twice the load with these backend thread counts (e.g. 1)")
     parser.add_argument("--memory-seconds", type=float, default=60.0,
@@ -410,6 +412,9 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; do not touch docs/benchmarks.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from edgessl.edge_runtime.memory import tune_malloc
+
+    tune_malloc()  # as `edgessl run` does: the in-process daemon's RSS trend is then the device's
 
     with tempfile.TemporaryDirectory(prefix="edgessl-bench-daemon-") as tmp_name:
         tmp = Path(tmp_name)
@@ -434,10 +439,10 @@ def main() -> int:
             print(f"regions per camera: {r} (sustainable), {2 * r} (twice the load)", flush=True)
 
             results = []
-            levels = [("sustainable", r, True, args.minutes, args.threads),
-                      ("2x", 2 * r, True, args.minutes_2x or args.minutes, args.threads),
-                      ("2x, not pipelined", 2 * r, False, args.minutes, args.threads)]
-            levels += [(f"2x, {t} backend thread{'s' if t > 1 else ''}", 2 * r, True, args.minutes, t)
+            levels = [("sustainable", r, False, args.minutes, args.threads),
+                      ("2x", 2 * r, False, args.minutes_2x or args.minutes, args.threads),
+                      ("2x, pipelined", 2 * r, True, args.minutes, args.threads)]
+            levels += [(f"2x, {t} backend thread{'s' if t > 1 else ''}", 2 * r, False, args.minutes, t)
                        for t in args.compare_threads]
             for level, regions_per_cam, pipelined, minutes, threads in levels:
                 print(f"run {level}: {CAMERAS} cameras x {FPS:g} fps x {regions_per_cam} regions "
@@ -486,7 +491,7 @@ def report(results: list[dict], model_text: str, clip_text: str, h: int, w: int)
         f"model {model_text}. The load is the regions classified per frame (cells of a grid over the {w}x{h} frame): "
         "the sustainable level is the most regions per camera that short runs of the daemon processed without "
         f"dropping frames (at most 3%), the second level doubles it, once with the next pass resized while the backend "
-        "runs this one (`inference.pipelined`, the default) and once without. Minutes measured per level: "
+        "runs this one (`inference.pipelined`) and once without (the default). Minutes measured per level: "
         + ", ".join(f"{r['level']} {r['minutes']:g}" for r in results) + f", after a {WARMUP_S:g} s warm-up. "
         "Latency: from the reader getting the frame to the smoothed decision of its regions.",
         "",

@@ -16,7 +16,8 @@ CPU, which quantization variants help, and a plain-convolution student that quan
    (OpenVINO honours it; ONNX Runtime's MLAS kernels do not, so its rows are this CPU).
 5. The per-layer profile (OpenVINO performance counters, AVX2): time per layer type, fp32 vs int8.
 6. `edgessl bench`'s figures for the OpenVINO artifacts beside OpenVINO's `benchmark_app`, same
-   model, threads (2), batch (8), one stream, synchronous requests.
+   model, threads (2), batch (1 and 8), one stream, synchronous requests, the tools taking turns
+   (`--crosscheck-only` runs just this on the bundles in --out).
 """
 
 from __future__ import annotations
@@ -155,23 +156,57 @@ def profile(path: Path, runs: int = 30) -> dict[str, tuple[float, list[str]]]:
     return {k: (v[0], v[1]) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
 
 
-def benchmark_app(xml: Path, seconds: int) -> float:
-    """OpenVINO's own tool on the same model, threads and batch: images per second."""
+def benchmark_app(xml: Path, batch: int, seconds: int) -> tuple[float, float]:
+    """OpenVINO's own tool on the same model, threads and batch: (median ms per call, images/s)."""
     tool = Path(sys.executable).with_name("benchmark_app")
-    h, w = SIZE, SIZE
     out = subprocess.run([str(tool), "-m", str(xml), "-d", "CPU", "-api", "sync", "-nireq", "1", "-nstreams", "1",
-                          "-nthreads", "2", "-hint", "none", "-infer_precision", "f32", "-shape", f"[8,{h},{w},3]",
-                          "-t", str(seconds)], check=True, capture_output=True, text=True).stdout
-    fps = re.search(r"Throughput:\s*([\d.]+)\s*FPS", out)
-    if fps is None:
-        raise RuntimeError(f"benchmark_app printed no throughput:\n{out[-2000:]}")
-    return float(fps.group(1))
+                          "-nthreads", "2", "-hint", "none", "-infer_precision", "f32",
+                          "-shape", f"[{batch},{SIZE},{SIZE},3]", "-t", str(seconds)],
+                         check=True, capture_output=True, text=True).stdout
+    median = re.search(r"Median:\s*([\d.]+)\s*(ms|us)", out)
+    if median is None:
+        raise RuntimeError(f"benchmark_app printed no median latency:\n{out[-2000:]}")
+    ms = float(median.group(1)) / (1000 if median.group(2) == "us" else 1)
+    return ms, 1000 * batch / ms
 
 
-def edgessl_bench(bundle: Path) -> dict[str, float]:
-    """img/s at batch 8 per artifact, as `edgessl bench BUNDLE --threads 2 --json` measures it."""
-    rows = json.loads(edgessl("bench", str(bundle), "--threads", "2", "--seconds", "5", "--json", quiet=True))
-    return {r["name"]: r["throughput_b8"] for r in rows["measured"] if r.get("throughput_b8")}
+def edgessl_bench(bundle: Path, seconds: float) -> dict[str, tuple[float, float]]:
+    """(ms per image at batch 1, images/s at batch 8) per artifact, as `edgessl bench BUNDLE
+    --threads 2` measures them."""
+    rows = json.loads(edgessl("bench", str(bundle), "--threads", "2", "--seconds", str(seconds), "--json", quiet=True))
+    return {r["name"]: (r["latency_ms_b1"], r["throughput_b8"]) for r in rows["measured"] if r.get("throughput_b8")}
+
+
+def crosscheck(bundles: dict[str, Path], rounds: int, seconds: int) -> str:
+    """`edgessl bench` and benchmark_app taken in turns, `rounds` times (the machine is shared:
+    one pair of runs can differ by 30%); the medians side by side."""
+    figures: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for i in range(rounds):
+        for student, bundle in bundles.items():
+            ours = edgessl_bench(bundle, seconds)
+            for name, stem in (("openvino", "model"), ("openvino-int8", "model.int8")):
+                xml = bundle / "openvino" / f"{stem}.xml"
+                f = figures.setdefault((student, name), {k: [] for k in ("ms", "img_s", "vendor_ms", "vendor_img_s")})
+                f["ms"].append(ours[name][0])
+                f["img_s"].append(ours[name][1])
+                f["vendor_ms"].append(benchmark_app(xml, 1, seconds)[0])
+                f["vendor_img_s"].append(benchmark_app(xml, 8, seconds)[1])
+        print(f"cross-check round {i + 1}/{rounds} done", flush=True)
+    lines = ["## `edgessl bench` against OpenVINO's benchmark_app", "",
+             f"Same IR, 2 threads, one stream, synchronous requests; ms per image at batch 1 and images/s at batch 8. "
+             f"The two tools took turns {rounds} times ({seconds} s per figure); medians. benchmark_app: `-api sync "
+             f"-nireq 1 -nstreams 1 -nthreads 2 -hint none -infer_precision f32 -shape [B,{SIZE},{SIZE},3]`; "
+             "`edgessl bench BUNDLE --threads 2` (LATENCY hint, one request, random uint8 crops). Goal: within 10%.", "",
+             "| student | artifact | edgessl ms b1 | benchmark_app ms b1 | diff | edgessl img/s b8 | benchmark_app img/s b8 "
+             "| diff | spread of the rounds (b8, both tools) |", "|---|---|---|---|---|---|---|---|---|"]
+    for (student, name), f in figures.items():
+        med = {k: float(np.median(v)) for k, v in f.items()}
+        spread = max(np.ptp(f["img_s"]) / med["img_s"], np.ptp(f["vendor_img_s"]) / med["vendor_img_s"])
+        lines.append(f"| {student} | {name} | {med['ms']:.2f} | {med['vendor_ms']:.2f} | "
+                     f"{100 * (med['ms'] - med['vendor_ms']) / med['vendor_ms']:+.1f}% | {med['img_s']:.0f} | "
+                     f"{med['vendor_img_s']:.0f} | {100 * (med['img_s'] - med['vendor_img_s']) / med['vendor_img_s']:+.1f}% "
+                     f"| {100 * spread:.0f}% |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -180,7 +215,14 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="timing per speed figure (default: 5)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-int8"))
     p.add_argument("--skip-train", action="store_true", help="reuse the students in --out")
+    p.add_argument("--rounds", type=int, default=5, help="turns of the benchmark_app cross-check (default: 5)")
+    p.add_argument("--crosscheck-only", action="store_true",
+                   help="only the benchmark_app cross-check, on the bundles in --out")
     args = p.parse_args()
+    bundles = {s: args.out / f"bundle-{s}" for s in STUDENTS}
+    if args.crosscheck_only:
+        write_section("openvino-crosscheck", crosscheck(bundles, args.rounds, int(args.seconds)))
+        return
     data = cifar10()
     manifests = {}
     for student, flags in STUDENTS.items():
@@ -220,17 +262,18 @@ def main() -> None:
 
     # -- the per-layer profile and the vendor tool ---------------------------------------------
     mb = args.out / "bundle-mobilenetv3_small"
-    layers = {name: profile(mb / "openvino" / f"{stem}.xml") for name, stem in
-              (("fp32", "model"), ("int8", "model.int8"))}
-    ours = {s: edgessl_bench(args.out / f"bundle-{s}") for s in manifests}
-    vendor = {(s, n): benchmark_app(args.out / f"bundle-{s}" / "openvino" / f"{stem}.xml", int(args.seconds) + 5)
-              for s in manifests for n, stem in (("openvino", "model"), ("openvino-int8", "model.int8"))}
-    body = report(rows, layers, ours, vendor, args.minutes)
+    layers = {name: profile(xml) for name, xml in (
+        ("fp32", mb / "openvino" / "model.xml"), ("int8", mb / "openvino" / "model.int8.xml"),
+        ("int8 SE/h-swish fp32", args.out / "variants" / "ov-no-se" / "model.xml"))}
+    body = report(rows, layers, args.minutes)
     print(body)
     write_section("int8-student", body)
+    check = crosscheck(bundles, args.rounds, int(args.seconds))
+    print(check)
+    write_section("openvino-crosscheck", check)
 
 
-def report(rows: list[dict], layers: dict, ours: dict, vendor: dict, minutes: float) -> str:
+def report(rows: list[dict], layers: dict, minutes: float) -> str:
     fp32 = {(r["student"], r["engine"]): r for r in rows if r["name"] in ("onnx", "openvino")}
     base = {s: r for (s, e), r in fp32.items() if e == "onnxruntime"}
     lines = ["## INT8 on the student at 224x224 (AVX2 without VNNI is the reference)", "",
@@ -250,25 +293,18 @@ def report(rows: list[dict], layers: dict, ours: dict, vendor: dict, minutes: fl
     lines += ["", "ONNX Runtime's kernels (MLAS) ignore the oneDNN ISA cap, so its rows are this CPU only (it has "
               "AVX-512 VNNI and AMX: INT8 runs faster here than on the AVX2 reference).", "",
               "### Where the time goes: OpenVINO per-layer profile of mobilenetv3_small (AVX2 held, batch 8)", "",
-              "| layer type | fp32 ms | int8 ms | int8 / fp32 | int8 kernels |", "|---|---|---|---|---|"]
-    f, q = layers["fp32"], layers["int8"]
-    for kind in sorted(set(f) | set(q), key=lambda k: -(q.get(k, (0.0, []))[0] + f.get(k, (0.0, []))[0])):
-        a, b = f.get(kind, (0.0, []))[0], q.get(kind, (0.0, []))[0]
-        if a + b < 0.05:
+              "| layer type | fp32 ms | int8 (export) ms | int8 / fp32 | int8, SE/h-swish fp32 ms | its / fp32 | "
+              "int8 kernels |", "|---|---|---|---|---|---|---|"]
+    f, q, v = layers["fp32"], layers["int8"], layers["int8 SE/h-swish fp32"]
+    ms = lambda table, kind: table.get(kind, (0.0, []))[0]  # noqa: E731
+    for kind in sorted(set(f) | set(q) | set(v), key=lambda k: -(ms(f, k) + ms(q, k) + ms(v, k))):
+        a, b, c = ms(f, kind), ms(q, kind), ms(v, kind)
+        if a + b + c < 0.05:
             continue
-        lines.append(f"| {kind} | {a:.2f} | {b:.2f} | {'-' if a == 0 else f'{b / a:.2f}x'} | "
-                     f"{', '.join(q.get(kind, (0.0, []))[1]) or '-'} |")
-    total_f, total_q = sum(v[0] for v in f.values()), sum(v[0] for v in q.values())
-    lines += [f"| **total** | {total_f:.2f} | {total_q:.2f} | {total_q / total_f:.2f}x | |", "",
-              "### `edgessl bench` against OpenVINO's benchmark_app (this CPU, batch 8, 2 threads)", "",
-              "| student | artifact | edgessl bench img/s | benchmark_app img/s | difference |", "|---|---|---|---|---|"]
-    for (s, n), theirs in vendor.items():
-        mine = ours[s].get(n)
-        diff = "-" if mine is None else f"{100 * (mine - theirs) / theirs:+.1f}%"
-        lines.append(f"| {s} | {n} | {'-' if mine is None else f'{mine:.0f}'} | {theirs:.0f} | {diff} |")
-    lines += ["", "benchmark_app: `-api sync -nireq 1 -nstreams 1 -nthreads 2 -hint none -infer_precision f32 "
-              "-shape [8,224,224,3]`; `edgessl bench BUNDLE --threads 2` (LATENCY hint, one request, random uint8 "
-              "crops). Goal: within 10%."]
+        lines.append(f"| {kind} | {a:.2f} | {b:.2f} | {'-' if a == 0 else f'{b / a:.2f}x'} | {c:.2f} | "
+                     f"{'-' if a == 0 else f'{c / a:.2f}x'} | {', '.join(sorted(set(q.get(kind, (0.0, []))[1]) | set(v.get(kind, (0.0, []))[1]))) or '-'} |")
+    tf, tq, tv = (sum(x[0] for x in t.values()) for t in (f, q, v))
+    lines += [f"| **total** | {tf:.2f} | {tq:.2f} | {tq / tf:.2f}x | {tv:.2f} | {tv / tf:.2f}x | |"]
     return "\n".join(lines)
 
 

@@ -176,7 +176,8 @@ class ModelConfig(StrictModel):
                                 "default: with model.root what the device's health check verified, else onnxruntime")
     precision: Literal["fp32", "fp16", "int8"] | None = Field(default=None, description=(
         "which of the bundle's artifacts to run; default: with model.root what the health check verified, else fp32"))
-    threads: int | None = Field(default=None, ge=1, le=256, description="inference threads (null: the backend's choice)")
+    threads: int | None = Field(default=None, ge=1, le=256, description="inference threads (null: the device "
+                                "profile's, else cores - 1: one core left to decoding and the frame path)")
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -206,8 +207,10 @@ class SmoothingConfig(StrictModel):
 
 class InferenceConfig(StrictModel):
     max_batch: int = Field(default=16, ge=1, le=1024, description="most crops (frames x regions) embedded in one batch")
-    pipelined: bool = Field(default=True, description="crop and resize the next pass's regions while the backend "
-                            "runs this one (one pass prepared at most; see daemon/prefetch.py)")
+    pipelined: bool = Field(default=False, description="crop and resize the next pass's regions while the backend "
+                            "runs this one (one pass prepared at most; see daemon/prefetch.py). Off by default: on 2 "
+                            "cores with one backend thread it gained nothing measurable and a saturated daemon's "
+                            "latency grew by a pass; worth it where resizing is a large share of a pass")
 
 
 class ApiConfig(StrictModel):

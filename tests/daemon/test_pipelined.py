@@ -13,8 +13,7 @@ def test_the_next_pass_is_resized_ahead_and_regions_get_their_labels(tmp_path, t
     clip = split_clip(tmp_path / "split.mp4")
     cam = {"id": "tray", "url": str(clip), "loop": True,
            "regions": [{"name": "left", "width": 0.5}, {"name": "right", "x": 0.5, "width": 0.5}]}
-    daemon = start_daemon(make_config(tmp_path, tiny_bundle, [cam]))  # inference.pipelined is the default
-    assert daemon.config.inference.pipelined
+    daemon = start_daemon(make_config(tmp_path, tiny_bundle, [cam], inference={"pipelined": True}))
     daemon.enrollment.enroll_images("red", [textured(RED, i) for i in range(3)])
     daemon.enrollment.enroll_images("blue", [textured(BLUE, i) for i in range(3)])
     wait_for(lambda: {(s["region"], s["label"]) for s in daemon.pipeline.states()} == {("left", "red"), ("right", "blue")},
@@ -23,10 +22,12 @@ def test_the_next_pass_is_resized_ahead_and_regions_get_their_labels(tmp_path, t
 
 
 def test_without_pipelining_the_loop_resizes_and_decides_the_same(tmp_path, tiny_bundle, start_daemon):
+    """The default: the inference loop crops and resizes each pass itself."""
     clip = split_clip(tmp_path / "split.mp4")
     cam = {"id": "tray", "url": str(clip), "loop": True,
            "regions": [{"name": "left", "width": 0.5}, {"name": "right", "x": 0.5, "width": 0.5}]}
-    daemon = start_daemon(make_config(tmp_path, tiny_bundle, [cam], inference={"pipelined": False}))
+    daemon = start_daemon(make_config(tmp_path, tiny_bundle, [cam]))
+    assert not daemon.config.inference.pipelined
     daemon.enrollment.enroll_images("red", [textured(RED, i) for i in range(3)])
     daemon.enrollment.enroll_images("blue", [textured(BLUE, i) for i in range(3)])
     wait_for(lambda: {(s["region"], s["label"]) for s in daemon.pipeline.states()} == {("left", "red"), ("right", "blue")},
