@@ -428,10 +428,7 @@ def main() -> int:
             model_text = (f"{bundle.manifest.model.name} v{bundle.manifest.model.version}, input "
                           f"{bundle.manifest.preprocess.input_size[0]}x{bundle.manifest.preprocess.input_size[1]}, "
                           f"ONNX Runtime CPU, {args.threads} threads")
-            with Gallery(gallery) as g:  # five classes of five exemplars each: realistic prototypes
-                for k in range(5):
-                    shots = [f[:, k * w // 5:(k + 1) * w // 5] for f in frames[k * 20:k * 20 + 5]]
-                    g.add(f"class{k}", shots, ex.embed(shots), ex.fingerprint)
+            enrolled_gallery(bundle_dir, frames, gallery)
             if args.regions is None:
                 r = calibrate(ex, bundle_dir, clip, gallery, tmp, frames, args.threads, (w, h))
             else:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -82,17 +83,13 @@ class Variants:
     judged on the same 5-way 5-shot episodes."""
 
     def __init__(self, run: Path, work: Path, data: Path) -> None:
-        from edgessl.export.bundle_writer import EvalSet, labelled_images, sample_images
+        from edgessl.export.bundle_writer import EvalSet, labelled_images, preprocess_spec, sample_images
         from edgessl.export.onnx_export import export_onnx
         from edgessl.export.parity import device_inputs
         from edgessl.train.checkpoint import load_backbone, load_checkpoint
 
         ckpt = load_checkpoint(run)
-        from edgessl.edge_runtime.bundle.manifest import PreprocessSpec
-
-        pre = ckpt["preprocess"]
-        self.spec = PreprocessSpec(input_size=tuple(pre["input_size"]), resize=pre["resize"], mean=tuple(pre["mean"]),
-                                   std=tuple(pre["std"]), channel_order=pre["channel_order"])
+        self.spec = preprocess_spec(ckpt)
         self.work = work
         work.mkdir(parents=True, exist_ok=True)
         self.fp32 = export_onnx(load_backbone(ckpt), work / "float.onnx", self.spec.input_size)
@@ -152,7 +149,7 @@ class Variants:
 
 def profile(path: Path, runs: int = 30) -> dict[str, tuple[float, list[str]]]:
     proc = subprocess.run([sys.executable, "-c", PROFILE, str(path), "8", str(runs)], check=True,
-                          env={**__import__("os").environ, **AVX2_ENV}, capture_output=True, text=True)
+                          env={**os.environ, **AVX2_ENV}, capture_output=True, text=True)
     return {k: (v[0], v[1]) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
 
 

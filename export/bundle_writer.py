@@ -121,6 +121,13 @@ def input_size_warnings(input_size: tuple[int, int], profiles: list[DeviceProfil
             f"train or distil at that size for those devices"]
 
 
+def preprocess_spec(ckpt: dict) -> PreprocessSpec:
+    """The preprocessing a checkpoint was trained with, as the device will follow it."""
+    pre = ckpt["preprocess"]
+    return PreprocessSpec(input_size=tuple(pre["input_size"]), resize=pre["resize"], mean=tuple(pre["mean"]),
+                          std=tuple(pre["std"]), channel_order=pre["channel_order"])
+
+
 @dataclass(frozen=True)
 class ExportInputs:
     """Real images for export, through the device's preprocessing: as the float-input model takes
@@ -184,9 +191,8 @@ def export_bundle(checkpoint: Path, out: Path, *, formats: list[str] | None = No
     ckpt = load_checkpoint(checkpoint)
     if "center" not in ckpt:
         raise EdgesslError(f"{checkpoint}: training did not finish (no centring vector); finish or resume it")
-    cfg, pre = ckpt["config"], ckpt["preprocess"]
-    spec = PreprocessSpec(input_size=tuple(pre["input_size"]), resize=pre["resize"], mean=tuple(pre["mean"]),
-                          std=tuple(pre["std"]), channel_order=pre["channel_order"])
+    cfg = ckpt["config"]
+    spec = preprocess_spec(ckpt)
     profiles = _profiles(devices or [])
     size_warnings = input_size_warnings(spec.input_size, profiles)
     for warning in size_warnings:

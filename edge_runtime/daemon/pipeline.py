@@ -116,7 +116,7 @@ class Prepared:
     owners: list[tuple[CapturedFrame, RegionConfig]]
     crops: list[np.ndarray]
     inputs: np.ndarray | None = None
-    packed_by: object = None  # the FeatureExtractor that resized them (a new model resizes again)
+    packed_by: FeatureExtractor | None = None  # the extractor that resized them (a new model resizes again)
 
 
 def crop(image: np.ndarray, region: RegionConfig) -> np.ndarray:
@@ -207,11 +207,13 @@ class Pipeline:
         # The tracker compares crops by their embeddings, enrolled classes or not; regions alone
         # need embedding only when a class is enrolled.
         if spans or (crops and classifier.has_classes):
-            ready = prepared.inputs is not None and prepared.packed_by is extractor
-            self.resized_ahead += ready
-            region_inputs = prepared.inputs if ready else extractor.inputs(crops[:n_regions])
-            batch = region_inputs if len(crops) == n_regions else np.concatenate(
-                [region_inputs, extractor.inputs(crops[n_regions:])])
+            ahead = prepared.inputs if prepared.packed_by is extractor else None
+            if ahead is not None:  # the region crops were resized by the prefetch thread
+                self.resized_ahead += 1
+                batch = ahead if len(crops) == n_regions else np.concatenate(
+                    [ahead, extractor.inputs(crops[n_regions:])])
+            else:  # all crops of the pass resized into one batch
+                batch = extractor.inputs(crops)
             queries = classifier.embed_inputs(batch, batch_size=max_batch)
         table = classifier.score_queries(queries[:n_regions] if queries is not None else
                                          np.zeros((n_regions, extractor.embedding_dim), np.float32))
