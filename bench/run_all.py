@@ -20,7 +20,7 @@ BENCHES: dict[str, list[list[str]]] = {
     "fewshot_cifar": [[]], "export_formats": [[]], "daemon": [[]], "ssl_methods": [[]],
     "ssl_peer": [[], ["--avx2"]], "recipes": [["--minutes", "5", "--avx2"]],
     "grey_policy": [["--minutes", "5", "--colour-control"]], "isa": [[]], "objects": [[]], "adversarial": [[]],
-    "int8_student": [[]],
+    "int8_student": [[]], "closed_loop": [[]],
 }
 
 

@@ -29,6 +29,8 @@ COMMANDS: dict[str, Command] = {
     "pretrain": Command("edgessl.train.cli", "self-supervised pretraining on unlabeled images", "train"),
     "distill": Command("edgessl.train.distill_cli", "distill a teacher into a small student for the edge", "train"),
     "eval": Command("edgessl.train.eval_cli", "evaluate a checkpoint: k-NN, linear probe, few-shot episodes", "train"),
+    "adapt": Command("edgessl.export.adapt_cli", "continue SSL on a site's harvested footage, distil, export v+1", "export"),
+    "loop": Command("edgessl.loop", "the closed loop once: collect -> adapt -> gate -> sign -> flash a fleet", "all"),
     "export": Command("edgessl.export.cli", "export a checkpoint to a verified bundle: ONNX, INT8, OpenVINO, TensorRT", "export"),
     "enroll": Command("edgessl.edge_runtime.cli.enroll", "enroll a class from a few images (on device)", "edge"),
     "classify": Command("edgessl.edge_runtime.cli.classify", "classify images, folders or videos (on device)", "edge"),
@@ -43,6 +45,7 @@ COMMANDS: dict[str, Command] = {
     "devices": Command("edgessl.devices.cli_devices", "list or show device profiles", "edge"),
     "keys": Command("edgessl.devices.cli_keys", "generate an ed25519 signing key pair", "edge"),
     "sign": Command("edgessl.devices.cli_sign", "sign a bundle's manifest", "edge"),
+    "collect": Command("edgessl.devices.cli_collect", "harvest collected samples and eval sets from devices", "edge"),
     "flash": Command("edgessl.devices.cli_flash", "install a bundle on a device root, a daemon or a fleet", "edge"),
 }
 

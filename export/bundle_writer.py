@@ -262,7 +262,7 @@ def export_bundle(checkpoint: Path, out: Path, *, formats: list[str] | None = No
         manifest = Manifest(
             created_at=now_iso(),
             model=ModelInfo(name=name or Path(cfg["out"]).name, version=version, backbone=cfg["backbone"],
-                            method=cfg["method"]),
+                            method=cfg["method"], source=str(Path(checkpoint).resolve())),
             preprocess=spec, embedding_dim=int(ckpt["embedding_dim"]), center="center.npy",
             golden="golden.npz", cohort=cohort_file, artifacts=artifacts, files={f: file_entry(tmp / f) for f in files},
             profiles=[p.name for p in profiles], defaults=_defaults(profiles, artifacts, rows), report=rows,

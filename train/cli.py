@@ -103,6 +103,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
                    help="do not write RUN/tensorboard")
     p.add_argument("--resume", action="store_true", help="continue RUN/checkpoints/last.pt exactly")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (run folder or .pt) with a fresh optimiser and "
+                        "schedule: the whole method when it fits, else the backbone (what `edgessl adapt` does)")
 
 
 def _with_allocator() -> None:

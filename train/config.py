@@ -58,6 +58,10 @@ class PretrainConfig(BaseModel):
     crop_min_scale: float | None = Field(None, gt=0, le=1, description="smallest random crop, as a share of the "
                                          "image area; default: the augmentation policy's, else the method's, else 0.2")
     center_images: int = Field(2000, ge=1, description="images used for the centring vector")
+    init_from: str | None = Field(None, description="checkpoint (run folder or .pt) whose weights start this run: "
+                                  "the whole method (backbone and head) when it is the same method and backbone, "
+                                  "else the backbone alone; the optimiser and schedule start afresh (a new run, "
+                                  "unlike --resume). `edgessl adapt` continues training this way")
     tensorboard: bool = Field(True, description="write TensorBoard scalars to RUN/tensorboard")
     augment: Literal["auto", "natural", "grey", "document", "thermal"] = Field(
         "auto", description="augmentation policy; auto: picked from a sample of the data (train/augment.py)")

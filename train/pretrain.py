@@ -25,7 +25,7 @@ from edgessl.train import augment, hardware
 from edgessl.train import distributed as D
 from edgessl.train.backbones import create_backbone
 from edgessl.train.batches import epoch_batches
-from edgessl.train.checkpoint import load_checkpoint
+from edgessl.train.checkpoint import backbone_state, load_checkpoint
 from edgessl.train.config import PretrainConfig, method_kwargs, resolve_config
 from edgessl.train.data import CachedImages, ImageFolder, build_dataset, collate
 from edgessl.train.methods import Method, create_method, method_class, method_options
@@ -152,6 +152,8 @@ def _pretrain(cfg: PretrainConfig, resume: bool, device: torch.device, info: D.D
         box = [ckpt]
         D.dist.broadcast_object_list(box, src=0)
         ckpt = box[0]
+    if ckpt is None and cfg.init_from:
+        _init_weights(method, cfg.init_from)
     if ckpt is not None:
         method.load_state_dict(ckpt["method_state"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -348,3 +350,28 @@ def _flops_per_sample(method: Method, dataset: Dataset | TarShards, cfg: Pretrai
         method.load_state_dict(state)
         torch.set_rng_state(rng_state)
     return float(flops)
+
+
+def _init_weights(method: torch.nn.Module, source: str) -> None:
+    """Start from another run's weights: the whole method when its state fits (same method and
+    backbone: the projection head goes on too, so the loss does not start from a random head),
+    else the backbone alone. A distillation's frozen teacher is never overwritten: the run's own
+    teacher (e.g. the adapted one) stays."""
+    init = load_checkpoint(source)
+    state = {k: v for k, v in init["method_state"].items() if not k.startswith("teacher.")}
+    try:
+        missing, unexpected = method.load_state_dict(state, strict=False)
+        if not unexpected and all(k.startswith("teacher.") for k in missing):
+            log.info("weights from %s (method and backbone)", source)
+            return
+    except RuntimeError:
+        pass
+    backbone = getattr(method, "backbone", None)
+    if backbone is None:
+        raise ValueError(f"{source}: cannot start this method from it: it has no backbone to load weights into")
+    try:
+        backbone.load_state_dict(backbone_state(init))
+    except RuntimeError as exc:
+        raise ValueError(f"{source}: its backbone ({init['config'].get('backbone')}) does not fit this run's "
+                         f"backbone: {str(exc).splitlines()[0]}") from None
+    log.info("weights from %s (backbone only: the method's head starts afresh)", source)

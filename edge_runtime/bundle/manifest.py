@@ -103,6 +103,60 @@ class ModelInfo(StrictModel):
     version: int = Field(ge=1, description="monotonic; a device refuses to go back without being told")
     backbone: str
     method: str
+    source: str | None = Field(None, description="the checkpoint it was exported from, as a path on the server "
+                               "that exported it (what `edgessl adapt --from BUNDLE` continues)")
+
+
+class GateClassRow(StrictModel):
+    """One class of the site's evaluation set: leave-one-out accuracy before (running model) and after (candidate)."""
+
+    label: str
+    n: int = Field(ge=0, description="images of the class in the evaluation set (both models see the same ones)")
+    before: float | None = Field(None, description="the running model's accuracy on them; None: class skipped")
+    after: float | None = Field(None, description="the candidate's accuracy on them; None: class skipped")
+
+
+class GateScore(StrictModel):
+    """One model on the site's evaluation set (leave-one-out nearest centred prototype)."""
+
+    model: str = Field(description="model name")
+    version: int = Field(ge=1)
+    artifact: str = Field(description="the artifact that was run (label), as the device would choose it")
+    backend: str
+    accuracy: float = Field(ge=0, le=1, description="mean over images: the figure the gate compares")
+    class_accuracy: float = Field(ge=0, le=1, description="mean over classes (each class counts once)")
+    ci95: tuple[float, float] = Field(description="95% Wilson score interval of `accuracy` over the images")
+    margin: float = Field(description="mean over images of own-class cosine minus the best other class's cosine")
+
+
+class GateCheck(StrictModel):
+    """One parity row or health check of the candidate, as the gate judged it."""
+
+    name: str = Field(description="artifact label (parity) or device profile (health)")
+    ok: bool
+    detail: str = ""
+
+
+class GateReport(StrictModel):
+    """The site gate (export.site_gate): is a candidate bundle at least as good as the running
+    model on the site's own evaluation set, and does it pass parity and its health check."""
+
+    verdict: Literal["pass", "refused"]
+    reasons: list[str] = Field(default_factory=list, description="why it was refused, in plain language")
+    candidate: str = Field(description="the candidate model, 'name vN'")
+    running: str = Field(description="the running model it was compared with, 'name vN'")
+    eval_dir: str = Field(description="the site's evaluation set (EVAL_DIR/<label>/<image>)")
+    images: int = Field(ge=0, description="images the comparison used (classes of one image left out)")
+    classes: list[GateClassRow] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list, description="skipped classes and unreadable images")
+    before: GateScore | None = Field(None, description="the running model; None when it could not be evaluated")
+    after: GateScore | None = Field(None, description="the candidate; None when it could not be evaluated")
+    margin: float = Field(ge=0, description="accepted accuracy drop (fraction: 0.02 = 2 points)")
+    min_images: int = Field(ge=0, description="fewest evaluation images the gate accepts to judge")
+    parity: list[GateCheck] = Field(default_factory=list, description="one row per artifact of the candidate")
+    health: list[GateCheck] = Field(default_factory=list, description="health check per device profile")
+    created_at: str
+    seconds: float = Field(ge=0, description="how long the gate took")
 
 
 class Manifest(StrictModel):
@@ -123,6 +177,8 @@ class Manifest(StrictModel):
                                      description="device profile -> name of the artifact to run there")
     report: list[ReportRow] = Field(default_factory=list, description="the export's parity and speed report")
     report_machine: str = Field("", description="where the report's speed figures were measured")
+    gate: GateReport | None = Field(None, description=(
+        "the site gate's report: before/after per class on the site's evaluation set, parity, health, verdict"))
 
     @field_validator("center", "golden", "cohort")
     @classmethod
@@ -182,7 +238,13 @@ def now_iso() -> str:
 def write_manifest(root: Path, manifest: Manifest) -> Path:
     """Write manifest.json atomically (temp file, fsync, rename)."""
     tmp = root / (MANIFEST + ".tmp")
-    data = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+    body = manifest.model_dump(mode="json")
+    # Fields added after schema 1 shipped are left out while empty, so a device running an older
+    # edge runtime (which refuses unknown fields) still installs bundles that do not use them.
+    for owner, key in ((body, "gate"), (body["model"], "source")):
+        if owner.get(key) is None:
+            owner.pop(key, None)
+    data = json.dumps(body, indent=2, sort_keys=True) + "\n"
     with open(tmp, "w") as f:
         f.write(data)
         f.flush()

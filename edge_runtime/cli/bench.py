@@ -12,12 +12,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "(lowest centred cosine to the fp32 golden embeddings, the device health check's figure; "
                      "threshold per precision from the bundle's device profiles), raw cosines, and speed "
                      "(ms/image at batch 1, images/s at batch 8). An artifact whose backend cannot run here "
-                     "(TensorRT without a GPU) is listed as unchecked.")
+                     "(TensorRT without a GPU) is listed as unchecked. When the site gate judged the bundle "
+                     "(a candidate of the closed loop), its report is printed too: accuracy before/after per "
+                     "class on the site's evaluation set, parity, health and the verdict.")
     p.add_argument("bundle", type=Path, help="bundle folder")
     p.add_argument("--threads", type=int, help="inference threads (default: the backend's default)")
     p.add_argument("--stored-only", action="store_true", help="only print the stored report")
     p.add_argument("--seconds", type=float, default=1.0, help="timing per figure (default: 1.0)")
-    p.add_argument("--json", action="store_true", help="print {stored: [rows], measured: [rows]} as JSON, no tables")
+    p.add_argument("--json", action="store_true",
+                   help="print {stored: [rows], measured: [rows], gate: report or null} as JSON, no tables")
 
 
 def _threshold(precision: str, profiles: list[str]) -> float:
@@ -42,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from edgessl.edge_runtime.bundle.gate_report import render_gate
     from edgessl.edge_runtime.bundle.manifest import ReportRow, load_bundle
     from edgessl.edge_runtime.inference.backends import backend_for, load_backend
     from edgessl.edge_runtime.inference.backends.tensorrt import gpu_available
@@ -53,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
     m = bundle.manifest
     if not args.json:
         print(render_report(m.report, title=f"stored report ({m.report_machine or 'machine not recorded'}):"))
+        if m.gate is not None:
+            print()
+            print(render_gate(m.gate))
+    gate = None if m.gate is None else m.gate.model_dump(mode="json")
     shipped = [a.label for a in m.artifacts]
     reported = [r.name for r in m.report if r.in_bundle]
     if m.report and sorted(shipped) != sorted(reported):
@@ -60,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
               f"but the manifest lists {', '.join(shipped)}", file=sys.stderr)
     if args.stored_only:
         if args.json:
-            print(json.dumps({"stored": [r.model_dump() for r in m.report], "measured": []}))
+            print(json.dumps({"stored": [r.model_dump() for r in m.report], "measured": [], "gate": gate}))
         return 0
     golden = np.load(bundle.path(m.golden), allow_pickle=False)
     inputs, expected = np.asarray(golden["inputs"]), np.asarray(golden["embeddings"], np.float32)
@@ -94,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
                               cosine_p1=float(np.percentile(cos, 1)), latency_ms_b1=latency,
                               throughput_b8=throughput))
     if args.json:
-        print(json.dumps({"stored": [r.model_dump() for r in m.report], "measured": [r.model_dump() for r in rows]}))
+        print(json.dumps({"stored": [r.model_dump() for r in m.report], "measured": [r.model_dump() for r in rows],
+                          "gate": gate}))
         return 0
     print()
     print(render_report(rows, title=f"measured here (golden set, {len(inputs)} images):"))

@@ -23,6 +23,7 @@ from pydantic import (
 
 from edgessl.edge_runtime.daemon.sinks import SINKS, SinkOptionsUnion
 from edgessl.edge_runtime.objects.config import ObjectsConfig, TracksConfig
+from edgessl.edge_runtime.samples.config import DriftConfig, SampleStoreConfig, SamplingConfig
 from edgessl.edge_runtime.schema import NAME_PATTERN, ConfigPath, StrictModel, resolve_config_path
 from edgessl.errors import EdgesslError
 
@@ -112,6 +113,9 @@ class CameraConfig(StrictModel):
     objects: ObjectsConfig | None = Field(default=None, description="find what moves, track it and name each "
                                           "object from the gallery (with regions, or instead of them); {} for the "
                                           "defaults")
+    sampling: SamplingConfig | None = Field(default=None, description="keep crops worth learning from (unknown, "
+                                            "hesitant or novel ones) for a server to harvest over the API "
+                                            "(GET /v1/samples/archive); off unless given, {} for the defaults")
     open_timeout_s: float = Field(default=10.0, gt=0, le=300, description="give up opening the stream after this long")
     stall_timeout_s: float = Field(default=5.0, gt=0, le=3600, description="no new frame for this long: the camera is "
                                    "'stalled', and the stream is reopened (the read gives up after this long)")
@@ -313,6 +317,10 @@ class DaemonConfig(StrictModel):
     enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig, description="live enrollment")
     tracks: TracksConfig = Field(default_factory=TracksConfig, description="recent object tracks kept on disk "
                                  "(state_dir/tracks), to enroll from after they left")
+    samples: SampleStoreConfig = Field(default_factory=SampleStoreConfig, description="where the samples of the "
+                                       "cameras with `sampling` wait to be harvested, and how many bytes they may take")
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="a drift event when a camera no longer "
+                               "looks like it did when the model was installed")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="logging level")
     storage_reserve_bytes: int = Field(default=2 << 20, ge=0, description="space kept in state_dir/.reserve and "
                                        "given up when the disk is full, so that classes can still be deleted")
@@ -334,6 +342,10 @@ class DaemonConfig(StrictModel):
     @property
     def gallery_path(self) -> Path:
         return self.gallery if self.gallery is not None else self.state_dir / "gallery.db"
+
+    @property
+    def samples_path(self) -> Path:
+        return self.samples.path if self.samples.path is not None else self.state_dir / "samples.db"
 
     def camera(self, camera_id: str) -> CameraConfig:
         for cam in self.cameras:

@@ -4,7 +4,7 @@ This module wires the parts together and runs them; each part lives in its own m
 `streams` (one reader per camera), `pipeline` (the frame path, one `Batch` per pass), `model`
 (what runs, hot swaps, installs), `enrollment`, `tracks`, `sinks/` (where events go), `events`
 (the server-sent events hub), `snapshot` (the annotated picture), `watchdog` (stalls, systemd),
-`http/` (the API's routers and its server).
+`collection` (samples for the server, drift), `http/` (the API's routers and its server).
 
 Threads: one reader per camera, one inference loop, one worker per sink, the HTTP server
 (uvicorn, http/server.py) and the supervisor (watchdog.py), which notices stalls and pings
@@ -27,6 +27,7 @@ from typing import Any
 
 from edgessl.edge_runtime.daemon.background import BackgroundStore
 from edgessl.edge_runtime.daemon.capture import Opener, open_capture
+from edgessl.edge_runtime.daemon.collection import Collection
 from edgessl.edge_runtime.daemon.config import DaemonConfig
 from edgessl.edge_runtime.daemon.enrollment import Enrollment
 from edgessl.edge_runtime.daemon.events import EventHub
@@ -77,7 +78,9 @@ class Daemon:
         self.models = ModelService(config, self.metrics, self.hub)
         self.track_store = TrackStore(config.state_dir / "tracks", config.tracks.keep, config.tracks.max_bytes) \
             if any(c.objects is not None for c in cams) else None
-        self.pipeline = Pipeline(config, self.streams, self.metrics, self._emit, self.hub.publish, self.track_store)
+        self.collection = Collection(config, self.metrics, self.hub.publish)  # samples for the server, drift
+        self.pipeline = Pipeline(config, self.streams, self.metrics, self._emit, self.hub.publish, self.track_store,
+                                 self.collection)
         self.storage = Storage(config.state_dir, config.gallery_path, config.storage_reserve_bytes)
         self.background = BackgroundStore(config.state_dir / "background")
         self.enrollment = Enrollment(config, self.models, self.streams, self._stop, storage=self.storage,
@@ -135,6 +138,7 @@ class Daemon:
 
             self.api_token = resolve_token(cfg)
         model = self.models.start()
+        self.collection.open(self.enrollment.crop_side())
         with Gallery(self.gallery_path) as gallery:
             self._count_gallery(gallery)
         self._start_sinks()
@@ -183,6 +187,7 @@ class Daemon:
         self.live.close()
         if not any(t.is_alive() for t in self._threads if t.name == "inference"):
             self.models.close()
+            self.collection.close()
         self.storage.unlock()
         log.info("daemon %s stopped in %.1f s", self.device, time.monotonic() - start)
 
@@ -221,7 +226,6 @@ class Daemon:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
-
 
     @property
     def model(self) -> LoadedModel:
@@ -282,7 +286,7 @@ class Daemon:
                             classifier.set_background(self.background.embeddings(model.extractor))
                         assert classifier is not None
                         batch = self.pipeline.step(frames, classifier, model.tag, prepared)
-                        self._resize_ahead = classifier.has_classes or bool(self.pipeline.stages)
+                        self._resize_ahead = self.pipeline.embeds(classifier)
                     if self._observer is not None:
                         self._observer(batch)
                     if gallery.revision != revision:
@@ -304,7 +308,13 @@ class Daemon:
         if not self._wake.wait(0.5):
             return [], None
         self._wake.clear()
-        return self.pipeline.collect(), None
+        frames = self.pipeline.collect()
+        if frames:
+            # A camera in mode `every` may have queued more frames than one pass takes (a camera
+            # with objects gives one per pass); look again rather than wait for a frame that may
+            # never come (the file ended).
+            self._wake.set()
+        return frames, None
 
     def _prepare_ahead(self, frames: list[CapturedFrame], resize: bool) -> Prepared:
         """For the prefetch thread: crops of `frames`, resized for the current model when anything
@@ -361,6 +371,7 @@ class Daemon:
             "gallery": {"reembedding": dict(self.models.reembedding)},
             "background": self.background.status(),
             "tracks": self.track_store.status() if self.track_store is not None else None,
+            "samples": self.collection.status(),  # the sample store, kept counts per camera, drift scores
             "work": {**self.work.status(), "live_enrollments": self.live.status()},
             "full": True,
         }

@@ -80,6 +80,18 @@ class Metrics:
         self.model_info = Gauge("edgessl_model_info", "1 for the running model", ["name", "version", "fingerprint", "backend", "artifact", "precision"],
                                 registry=r)
         self.model_reloads = Counter("edgessl_model_reloads", "models loaded while running", registry=r)
+        # Collection (edge_runtime/samples): what the sampler kept and why, what it turned down and why
+        # (interval, rate_hour, rate_day, duplicate, not_worth, storage...; quota_evicted: a stored sample
+        # evicted to make room), the store's size, and each camera's drift score.
+        self.samples_kept = Counter("edgessl_samples_kept", "crops kept for the server, by reason (unknown, "
+                                    "low_margin, novel)", ["camera", "reason"], registry=r)
+        self.samples_rejected = Counter("edgessl_samples_rejected", "crops offered to the sampler and not kept, "
+                                        "by reason; quota_evicted: stored samples evicted to make room",
+                                        ["camera", "reason"], registry=r)
+        self.samples_bytes = Gauge("edgessl_samples_bytes", "JPEG bytes of the stored samples", registry=r)
+        self.samples_stored = Gauge("edgessl_samples_stored", "samples waiting to be harvested", registry=r)
+        self.drift = Gauge("edgessl_drift", "1 - cos(running mean, reference mean) of the camera's embeddings",
+                           ["camera"], registry=r)
 
     def set_model(self, name: str, version: int, fingerprint: str, backend: str, artifact: str,
                   precision: str) -> None:

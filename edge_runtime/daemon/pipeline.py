@@ -8,8 +8,10 @@
 
 `Pipeline.step` returns one `Batch`: every region crop of the pass with its camera, region,
 frame, scores and decision, shape-checked like supervision's `Detections`, and the objects of
-each camera frame, so observers (the benchmark, tests, later stages such as a novelty sampler
-or a drift statistic) get one value instead of parallel lists.
+each camera frame, so observers (the benchmark, tests) get one value instead of parallel lists.
+Once a pass's embeddings exist, its region crops and the object tracks that left are handed to
+the collection (daemon/collection.py: the sampler that keeps crops for the server, and the drift
+monitor).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +34,9 @@ from edgessl.edge_runtime.inference.extractor import FeatureExtractor
 from edgessl.edge_runtime.objects.stage import FrameIn, ObjectStage
 from edgessl.edge_runtime.objects.store import TrackStore
 from edgessl.edge_runtime.timestamps import iso
+
+if TYPE_CHECKING:
+    from edgessl.edge_runtime.daemon.collection import Collection
 
 
 @dataclass
@@ -130,8 +135,9 @@ class Pipeline:
 
     def __init__(self, config: DaemonConfig, streams: dict[str, CameraStream], metrics: Metrics,
                  emit: Callable[[SinkEvent], None], publish: Callable[[dict[str, Any]], None] | None = None,
-                 tracks: TrackStore | None = None) -> None:
+                 tracks: TrackStore | None = None, collection: Collection | None = None) -> None:
         self.config = config
+        self.collection = collection  # sampler + drift monitor, fed once a pass's embeddings exist
         self.streams = streams
         self.metrics = metrics
         self._emit = emit
@@ -162,7 +168,9 @@ class Pipeline:
             cap = stream.config.max_fps
             if cap is not None and now < self._due.get(stream.id, 0.0):
                 continue
-            taken = stream.take(per_camera)
+            # A tracker finishes a frame before it begins the next: one frame per pass from a
+            # camera with objects (mode `every` would otherwise hand it several).
+            taken = stream.take(1 if stream.config.objects is not None else per_camera)
             if taken and cap is not None:
                 # Due again one interval after this pass; a late pass does not earn a burst.
                 self._due[stream.id] = max(self._due.get(stream.id, 0.0) + 1 / cap, now)
@@ -176,6 +184,12 @@ class Pipeline:
         if extractor is None or not crops:
             return Prepared(frames, owners, crops)
         return Prepared(frames, owners, crops, extractor.inputs(crops), extractor)
+
+    def embeds(self, classifier: FewShotClassifier) -> bool:
+        """Whether a pass's region crops are embedded: a class is enrolled, a camera tracks objects
+        (their crops share the batch), or a camera samples its regions."""
+        return classifier.has_classes or bool(self.stages) or (
+            self.collection is not None and self.collection.embeds_regions)
 
     def reset(self) -> None:
         """A new model: its scores are not comparable with the old one's averages."""
@@ -205,8 +219,10 @@ class Pipeline:
         t0 = time.perf_counter()
         queries = None
         # The tracker compares crops by their embeddings, enrolled classes or not; regions alone
-        # need embedding only when a class is enrolled.
-        if spans or (crops and classifier.has_classes):
+        # need embedding only when a class is enrolled or their camera samples them.
+        collection = self.collection
+        sampled = collection is not None and collection.embeds_regions
+        if spans or (crops and (classifier.has_classes or sampled)):
             ahead = prepared.inputs if prepared.packed_by is extractor else None
             if ahead is not None:  # the region crops were resized by the prefetch thread
                 self.resized_ahead += 1
@@ -226,6 +242,8 @@ class Pipeline:
         self.metrics.batch_size.observe(len(crops))
         self.last_batch = {"crops": len(crops), "seconds": round(took, 4), "at": iso(time.time())}
         decided_at, decided_mono = time.time(), time.monotonic()
+        if collection is not None and queries is not None:
+            collection.sync(classifier, model_tag)
         objects = self._objects(spans, queries, classifier, model_tag, decided_at)
         decisions: list[Decision] = []
         for (frame, region), row in zip(owners, scores, strict=True):
@@ -246,10 +264,12 @@ class Pipeline:
                 self._emit(Event(self.config.device, frame.camera, region.name, decision.label, decision.previous,
                                  decision.score, frame.captured_at, decided_at, frame.seq, model_tag,
                                  nearest=nearest))
+        scores = scores.reshape(len(owners), len(labels))
+        if collection is not None and queries is not None and n_regions:
+            collection.regions(owners, crops[:n_regions], queries[:n_regions], labels, scores, decisions, model_tag)
         return Batch(tuple(f.camera for f, _ in owners), tuple(r.name for _, r in owners),
                      tuple(f.seq for f, _ in owners), np.array([f.captured_mono for f, _ in owners], np.float64),
-                     labels, scores.reshape(len(owners), len(labels)), tuple(decisions), decided_mono, took,
-                     objects, len(crops) - n_regions)
+                     labels, scores, tuple(decisions), decided_mono, took, objects, len(crops) - n_regions)
 
     def _objects(self, spans: list[tuple[ObjectStage, CapturedFrame, int, int]], queries: np.ndarray | None,
                  classifier: FewShotClassifier, model_tag: str, decided_at: float) -> tuple[ObjectFrame, ...]:
@@ -262,6 +282,8 @@ class Pipeline:
                                   model=model_tag, decided_at=decided_at)
             for event in events:
                 self._emit(event)
+            if stage.ended and self.collection is not None:
+                self.collection.tracks(frame.camera, stage.ended, classifier, model_tag)
             objects = tuple(stage.objects())
             self.metrics.objects.labels(frame.camera).set(len(objects))
             self.metrics.capture_to_decision.labels(frame.camera).observe(time.monotonic() - frame.captured_mono)

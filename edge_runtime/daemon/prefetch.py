@@ -56,6 +56,7 @@ class Prefetcher:
             frames = self._collect()
             if not frames:
                 return None
+            self._wake.set()  # a camera in mode `every` may queue more frames than one pass takes
             try:
                 return self._prepare(frames, True)
             except Exception:  # the loop resizes them itself and reports what goes wrong there

@@ -29,6 +29,7 @@ from edgessl.edge_runtime.fewshot.gallery_schema import (
 )
 from edgessl.edge_runtime.fewshot.labels import label_key, normalize_label
 from edgessl.edge_runtime.fewshot.reembed import F32, Reembedding
+from edgessl.edge_runtime.sqlite_tx import immediate
 from edgessl.errors import GalleryError
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class ExemplarInfo:
     label: str
     negative: bool
     created_at: str
+    source: str | None = None  # what the crop is a view of, e.g. "track:17" (None: its own shot)
 
 
 def _now() -> str:
@@ -163,21 +165,8 @@ class Gallery(Reembedding):
         if self.read_only:
             raise GalleryStorageError(f"{self.path}: the gallery is read-only (its file or filesystem cannot be "
                                       f"written); nothing can be enrolled or removed", full=False)
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise _storage_error(self.path, exc) or exc from exc
-        try:
+        with immediate(self._db, lambda exc: _storage_error(self.path, exc)):
             yield self._db
-            self._db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise _storage_error(self.path, exc) or exc from exc
-        except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
         self._changes += 1
 
     # -- enrollment -------------------------------------------------------------------
@@ -277,13 +266,16 @@ class Gallery(Reembedding):
 
     def exemplars(self, label: str | None = None) -> list[ExemplarInfo]:
         """Exemplars (of one class, or all), oldest first; their crops come from `crop`."""
-        query = ("SELECT e.id, c.label, e.negative, e.created_at FROM exemplars e "
+        # A gallery of an older schema opened read-only may lack the source column.
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(exemplars)")}
+        source = "e.source" if "source" in columns else "NULL"
+        query = (f"SELECT e.id, c.label, e.negative, e.created_at, {source} FROM exemplars e "
                  "JOIN classes c ON c.id = e.class_id")
         args: tuple[str, ...] = ()
         if label is not None:
             query, args = query + " WHERE c.label = ?", (label,)
         rows = self._db.execute(query + " ORDER BY e.id", args).fetchall()
-        return [ExemplarInfo(i, lab, bool(neg), created) for i, lab, neg, created in rows]
+        return [ExemplarInfo(i, lab, bool(neg), created, src) for i, lab, neg, created, src in rows]
 
     def crop(self, exemplar_id: int) -> bytes:
         """The stored JPEG of one exemplar."""

@@ -69,6 +69,21 @@ class _Pending:
 WHOLE = 0.98  # a crop with this share inside the frame shows the whole object
 
 
+@dataclass(frozen=True)
+class EndedTrack:
+    """A confirmed track that left in the last frame: its final verdict and its sharpest kept crop,
+    for whoever wants one crop per object (the sampler), without coupling the stage to it."""
+
+    id: int
+    label: str | None  # the final label: a class, "unknown", or None (never enough crops)
+    nearest: str | None
+    score: float
+    jpeg: bytes | None  # its sharpest kept crop (None: no whole view was kept)
+    embedding: np.ndarray | None  # that crop's embedding (centred, normalised; zeros after a model change)
+    first_seen: float  # wall clock
+    last_seen: float
+
+
 @dataclass
 class _TrackInfo:
     """What the stage knows of a track beyond its geometry."""
@@ -111,6 +126,7 @@ class ObjectStage:
         self.last_proposals = np.zeros((0, 4))  # and their boxes
         self.frames = 0
         self.ghosts = 0
+        self.ended: list[EndedTrack] = []  # the confirmed tracks that left in the last finished frame
 
     # -- the first half ---------------------------------------------------------------------
 
@@ -187,6 +203,7 @@ class ObjectStage:
         self.frames += 1
         self.ghosts += update.ghosts
         events: list[ObjectEvent] = []
+        self.ended = []
         keys = {tr.key for tr in self.tracker.tracks}
 
         # New tracks: their birth crop is their first sample.
@@ -232,6 +249,11 @@ class ObjectStage:
                 continue
             events.append(self._event("left", tr, info, frame, decided_at, model, w, h))
             self._store_track(tr, info, model, ended=True)
+            best = max(info.kept, key=lambda k: k.sharpness, default=None)
+            self.ended.append(EndedTrack(int(tr.id or 0), info.evidence.label, info.evidence.verdict.nearest,
+                                         info.evidence.verdict.score, best.jpeg if best else None,
+                                         best.embedding if best else None, info.first_seen,
+                                         info.last_seen or frame.captured_at))
         for key in [k for k in self._info if k not in keys]:
             del self._info[key]  # tentative tracks that never became objects
         present = Counter((self._info[tr.key].evidence.label or "pending") for tr in self.tracker.active())

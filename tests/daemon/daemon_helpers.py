@@ -324,3 +324,20 @@ def daemon_on_device(tmp_path: Path, device: Device, clips: dict[str, Path], mon
         daemon.enrollment.enroll_images("red", [textured(RED, i) for i in range(3)])
         wait_for(lambda: daemon.pipeline.states()[0]["label"] == "red", 15, "red before the update")
         yield daemon
+
+
+# -- collection: a daemon that keeps samples for a server ---------------------------------------
+
+# Sampling tuned for a test clip: a sample every 0.2 s per region, no duplicate filter (the frames
+# of a rendered clip are near copies), at most `per_hour` samples; drift references after 5 crops.
+FAST_SAMPLING = {"min_interval_s": 0.2, "duplicate": 0.0, "per_hour": 12, "per_day": 1000}
+
+
+def sampling_config(tmp_path: Path, bundle: Path, clip: Path, *, token_file: Path | None = None,
+                    sampling: dict[str, Any] | None = None, **sections: Any) -> Any:
+    """A daemon config with one looping file camera ("cam", the whole frame as region "full") that
+    samples (FAST_SAMPLING, updated by `sampling`), the API on a free port of loopback, and the
+    drift reference after 5 crops. The token: `token_file`, else $EDGESSL_API_TOKEN."""
+    api: dict[str, Any] = {"port": 0, **({"token_file": str(token_file)} if token_file else {})}
+    camera = {"id": "cam", "url": str(clip), "loop": True, "sampling": {**FAST_SAMPLING, **(sampling or {})}}
+    return make_config(tmp_path, bundle, [camera], api=api, drift={"reference_crops": 5}, **sections)

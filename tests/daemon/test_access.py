@@ -15,7 +15,8 @@ from starlette.routing import Mount
 TOKEN = "access-token-0123456789abc"
 README = Path(__file__).resolve().parents[2] / "README.md"
 PARAM = re.compile(r"\{[^}]*\}")
-SAMPLES = {"camera_id": "cam", "label": "red", "exemplar_id": "1", "track_id": "1", "name": "0.jpg", "file": "app.js"}
+SAMPLES = {"camera_id": "cam", "label": "red", "exemplar_id": "1", "track_id": "1", "name": "0.jpg", "file": "app.js",
+           "sample_id": "1"}
 
 
 def normalized(path: str) -> str:

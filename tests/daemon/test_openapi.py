@@ -125,6 +125,16 @@ def test_the_document_lists_statuses_limits_and_media_types(daemon):
     assert "application/json" not in paths["/metrics"]["get"]["responses"]["200"]["content"]
     assert {"403", "413", "507"} <= set(paths["/v1/model"]["post"]["responses"])
     assert "delete" not in paths["/v1/exemplars/{exemplar_id}.jpg"]
+    # The harvest (the contract `edgessl collect` is written against): tar answers, limits, the ack body.
+    archive = paths["/v1/samples/archive"]["get"]
+    assert list(archive["responses"]["200"]["content"]) == ["application/x-tar"]
+    assert "X-Edgessl-Last-Id" in archive["responses"]["200"]["headers"]
+    limit = next(p for p in archive["parameters"] if p["name"] == "limit")["schema"]
+    assert (limit["minimum"], limit["maximum"]) == (1, 5000)
+    assert list(paths["/v1/gallery/archive"]["get"]["responses"]["200"]["content"]) == ["application/x-tar"]
+    assert "image/jpeg" in paths["/v1/samples/{sample_id}.jpg"]["get"]["responses"]["200"]["content"]
+    acks = doc["components"]["schemas"]["AckRequest"]["properties"]["samples"]
+    assert acks["maxProperties"] == 10_000 and acks["additionalProperties"] is False
 
 
 def test_every_json_answer_has_its_type(daemon):
@@ -140,5 +150,6 @@ def test_every_json_answer_has_its_type(daemon):
                                                                       or schema.get("anyOf")):
                     untyped.append(f"{method.upper()} {path} {code}")
     assert untyped == []
-    for name in ("InstallAnswer", "Health", "PublicHealth", "ClassReport", "TrackDetail", "CameraInfo"):
+    for name in ("InstallAnswer", "Health", "PublicHealth", "ClassReport", "TrackDetail", "CameraInfo", "SamplePage",
+                 "SampleInfo", "SamplesAcked"):
         assert name in doc["components"]["schemas"], name

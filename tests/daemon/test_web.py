@@ -1,7 +1,8 @@
 """The web page, end to end in headless Chromium (Debian's, through Playwright): enroll classes
 from live cameras until they have enough, see their quality figures, thresholds and
 recommendations and their labels on the live view; delete with confirmation and undo; a camera
-that is down says why; storage problems show as a banner."""
+that is down says why; storage problems show as a banner; the strip of the latest samples kept
+for the server, hidden where no camera samples."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from daemon_helpers import make_config, wait_for
+from daemon_helpers import make_config, sampling_config, wait_for
 
 from edgessl.edge_runtime.daemon.core import Daemon
 
@@ -73,6 +74,7 @@ def test_the_page_a_person_relies_on(tmp_path, tiny_bundle, clips, browser_page,
         assert "no such file" in page.text_content('.camera[data-camera="gone"] .placeholder')
         assert page.is_hidden('.camera[data-camera="red"] .reason')
         assert page.text_content("#class-count") == "(0 classes)"
+        assert page.is_hidden("#samples-section")  # no camera samples
 
         assert page.input_value("#enroll-until") == "stable"  # the default: until it has enough
         for camera, name in (("red", "ripe"), ("blue", "sky")):
@@ -192,3 +194,27 @@ def test_the_page_shows_objects_and_names_one_from_its_track(tmp_path, tiny_bund
         reject.click()
         page.wait_for_function("() => document.querySelector('#tracks .result')?.textContent.includes('negative')")
         assert client.get("/v1/classes").json()[0]["negatives"] > 0
+
+
+def test_the_page_shows_the_latest_samples(tmp_path, tiny_bundle, clips, browser_page, monkeypatch):
+    """A camera that samples: the strip shows the newest samples (thumbnails fetched with the
+    token), each with why it was kept and its camera, newest first."""
+    monkeypatch.setitem(os.environ, "EDGESSL_API_TOKEN", TOKEN)
+    config = sampling_config(tmp_path, tiny_bundle, clips["red"], sampling={"per_hour": 5})
+    page = browser_page
+    with Daemon(config) as daemon, httpx.Client(base_url=daemon.api_url, timeout=30, headers=AUTH) as client:
+        wait_for(lambda: client.get("/v1/samples").json()["stored"] == 5, 30, "five samples")
+        page.goto(daemon.api_url)
+        assert page.is_hidden("#samples-section")  # nothing shown without the token
+        page.fill("#token", TOKEN)
+        page.click("#save-token")
+        page.wait_for_selector("#samples-section:visible")
+        page.wait_for_function("() => document.querySelectorAll('#samples .sample').length === 5")
+        ids = [s["id"] for s in client.get("/v1/samples").json()["samples"]]
+        cards = page.locator("#samples .sample")
+        assert [int(cards.nth(i).get_attribute("data-sample")) for i in range(5)] == ids[::-1]
+        first = cards.first
+        assert first.locator("img").get_attribute("data-src") == f"/v1/samples/{ids[-1]}.jpg"
+        page.wait_for_function("(img) => img.naturalWidth > 0", arg=first.locator("img").element_handle())
+        assert first.locator("figcaption").text_content() == "unknown cam"
+        text_has(page, "#samples-count", "5 samples waiting for the server")

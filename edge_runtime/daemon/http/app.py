@@ -30,6 +30,7 @@ from edgessl.edge_runtime.daemon.http.routes import (
     classes,
     events,
     model,
+    samples,
     status,
     tracks,
 )
@@ -44,7 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JSON_BODY_LIMIT = 1 << 20
-ROUTERS = (status, cameras, classes, background, model, tracks, events)
+ACK_BODY_LIMIT = 2 << 20  # POST /v1/samples/ack: 10000 ids with their sha256 take about 1 MiB
+ROUTERS = (status, cameras, classes, background, model, tracks, samples, events)
 
 
 # Refused requests give their connection back at once instead of holding it for the keep-alive
@@ -68,8 +70,8 @@ def create_app(daemon: Daemon, auth: Auth) -> Any:
     # page keeps its token. /openapi.json opens in any OpenAPI viewer.
     app = FastAPI(title="edgessl daemon", version="2", docs_url=None, redoc_url=None,
                   description="Camera inference daemon: health, metrics, cameras, live labels, objects and tracks, "
-                  "enrollment, model upload. Every route but the page's shell, /health (short form) and this "
-                  "document needs `Authorization: Bearer <token>`.")
+                  "enrollment, model upload, the harvest of collected samples. Every route but the page's shell, "
+                  "/health (short form) and this document needs `Authorization: Bearer <token>`.")
 
     @app.exception_handler(EdgesslError)
     async def _edgessl_error(request: Request, exc: EdgesslError) -> JSONResponse:
@@ -107,6 +109,8 @@ def create_app(daemon: Daemon, auth: Auth) -> Any:
             return api.max_image_upload_bytes
         if method == "POST" and path == "/v1/model":
             return api.max_bundle_bytes
+        if method == "POST" and path == "/v1/samples/ack":
+            return ACK_BODY_LIMIT
         return JSON_BODY_LIMIT
 
     app.add_middleware(BodyLimit, limit_for=limit_for)

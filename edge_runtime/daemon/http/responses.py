@@ -81,6 +81,9 @@ class Health(Answer):
     gallery: dict[str, Any]
     background: list[dict[str, Any]]
     tracks: dict[str, Any] | None = Field(description="the store of recent object tracks (null: no camera tracks)")
+    samples: dict[str, Any] | None = Field(None, description="collection: enabled (a camera samples), error, "
+                                           "store (stored, bytes, quota_bytes, oldest, newest, newest_id), kept "
+                                           "per camera, drift per camera")
     work: dict[str, Any]
     full: Literal[True] = True
 
@@ -278,3 +281,39 @@ class TrackSummary(BaseModel):
 
 class TrackDetail(TrackSummary):
     crop_urls: list[str] = Field(description="its kept crops, sharpest first")
+
+
+# -- samples (the closed loop: a server harvests what the device collected) ----------------------
+
+
+class SampleInfo(Answer):
+    """A sample kept for the server (its JPEG: GET /v1/samples/{id}.jpg, or in the archive)."""
+
+    id: int = Field(description="ascending; never reused")
+    camera: str
+    source: Literal["region", "track"]
+    ref: str = Field(description="the region's name, or the track's id")
+    time: str = Field(description="capture time, ISO 8601 UTC")
+    model: str = Field(description="the tag (name:version) of the model that embedded it")
+    reason: Literal["novel", "low_margin", "unknown"] = Field(description="why it was kept")
+    label: str | None = Field(description="the decision (null: unknown, or not decided yet)")
+    nearest: str | None = Field(description="the best-scoring class")
+    score: float | None = Field(description="its score")
+    margin: float | None = Field(description="to the second-best class's score")
+    novelty: float | None = Field(description="1 - the highest cosine to the gallery and to the samples kept before")
+    bytes: int = Field(description="of the JPEG")
+    sha256: str = Field(description="hex, of the JPEG bytes: what POST /v1/samples/ack must give back")
+
+
+class SamplePage(Answer):
+    samples: list[SampleInfo] = Field(description="ascending id")
+    next_after: int = Field(description="the `after` of the next page (the last id here, or the `after` given)")
+    stored: int = Field(description="samples on the device")
+    bytes: int = Field(description="their JPEG bytes")
+    quota_bytes: int = Field(description="most JPEG bytes kept; the oldest are evicted to make room")
+
+
+class SamplesAcked(Answer):
+    deleted: int = Field(description="samples deleted: their sha256 matched")
+    mismatched: list[int] = Field(description="ids stored with another sha256: kept")
+    missing: list[int] = Field(description="ids not stored (evicted, deleted before, or never there)")

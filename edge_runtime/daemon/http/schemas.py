@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from edgessl.edge_runtime.fewshot.labels import MAX_LABEL_CHARS
 
@@ -23,7 +23,8 @@ class ErrorBody(BaseModel):
 
 
 _WHY = {400: "bad request (malformed JSON, form or image)", 401: "missing or wrong API token",
-        403: "refused (e.g. uploads without a device root)", 404: "no such camera, region, class or exemplar",
+        403: "refused (e.g. uploads without a device root)",
+        404: "no such camera, region, class, exemplar, track or sample",
         405: "method not allowed", 409: "conflict (camera not streaming, install running)",
         413: "body or image too large (bytes or decoded pixels)", 415: "unsupported content type",
         422: "invalid input (validation; invalid label; nothing passed the quality gates)",
@@ -115,3 +116,20 @@ class TrackEnrollRequest(_Label):
 
 class TrackRejectRequest(_Label):
     pass
+
+
+MAX_ACKS = 10_000
+SampleKey = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}$")]  # a decimal id (SQLite's range)
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
+
+
+class AckRequest(BaseModel):
+    """The samples a server has, each with the sha256 it computed of the JPEG it received."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples: dict[SampleKey, Sha256Hex] = Field(max_length=MAX_ACKS, description=f"sample id (decimal, as text) -> "
+                                                f"sha256 (hex) of its JPEG; at most {MAX_ACKS} entries. A sample "
+                                                "is deleted only where the sha256 matches the stored one",
+                                                # keys that are not decimal ids are invalid, as pydantic checks
+                                                json_schema_extra={"additionalProperties": False})

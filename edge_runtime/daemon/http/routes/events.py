@@ -1,4 +1,5 @@
-"""Server-sent events: label changes, what objects did, the objects of each frame, model switches.
+"""Server-sent events: label changes, what objects did, the objects of each frame, model switches,
+drift, samples kept for the server.
 
 A stream stays open for as long as its client likes, so streams are capped: in all
 (`api.max_event_streams`) and per client address (`api.max_event_streams_per_client`); past a
@@ -63,7 +64,7 @@ def router(daemon: Daemon, auth: Auth) -> APIRouter:
 
     @r.get("/v1/events", response_class=StreamingResponse, responses=errors(401, 429),
            summary="server-sent events: region label changes (`event`), object events (`object`), the objects "
-           "of each frame (`objects`), model switches (`model`)")
+           "of each frame (`objects`), model switches (`model`), drift (`drift`), samples kept (`sample`)")
     async def events(request: Request) -> StreamingResponse:
         client = request.client.host if request.client else "?"
         slots.take(client)

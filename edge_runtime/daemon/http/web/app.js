@@ -1,4 +1,5 @@
-// The daemon's web page: live view with labels, live enrollment, classes with quality figures.
+// The daemon's web page: live view with labels, live enrollment, classes with quality figures,
+// the latest samples collected for the server.
 // Plain JavaScript, no build step. User-provided text is only ever set as textContent.
 "use strict";
 
@@ -173,6 +174,7 @@ function showHealth(health) {
     // without the token /health names each camera's state only
     if (card) showCameraState(card, typeof cam === "string" ? { state: cam, reason: null } : cam);
   }
+  showSamples(health.samples); // only in the full report (with the token)
   const problems = (health.storage && health.storage.problems) || [];
   const banner = $("#banner");
   banner.hidden = !problems.length;
@@ -320,6 +322,39 @@ async function loadTracks() {
   setTimeout(loadTracks, 3000);
 }
 
+// -- samples: the latest crops kept for the server (hidden while no camera samples) -------------
+const REASONS = { unknown: "unknown", low_margin: "hesitant", novel: "novel" };
+let samplesShown = null; // what the strip shows: "<newest id>/<stored>"
+
+function sampleCard(s) {
+  const card = el("figure", { className: "sample" },
+    authImg({ src: `/v1/samples/${s.id}.jpg`, alt: `sample ${s.id}`, title: `#${s.id} ${s.time}` +
+      (s.nearest ? ` · nearest ${s.nearest} ${s.score.toFixed(2)}` : "") }),
+    el("figcaption", {}, el("span", { className: `reason ${s.reason}`, textContent: REASONS[s.reason] || s.reason }),
+      el("span", { className: "muted", textContent: ` ${s.camera}` })));
+  card.dataset.sample = s.id;
+  return card;
+}
+
+async function showSamples(status) {
+  const on = Boolean(status && status.enabled && status.store);
+  $("#samples-section").hidden = !on;
+  if (!on) return;
+  const store = status.store;
+  const key = `${store.newest_id}/${store.stored}`;
+  if (key === samplesShown) return; // nothing new since the last poll
+  samplesShown = key;
+  $("#samples-count").textContent = `(${plural(store.stored, "sample")} waiting for the server, ` +
+    `${Math.round(store.bytes / 1024)} of ${Math.round(store.quota_bytes / 1048576)} MiB)`;
+  try {
+    // ids only grow: the newest dozen are among the last ids given
+    const page = await api(`/v1/samples?after=${Math.max(0, store.newest_id - 100)}&limit=100`);
+    const latest = page.samples.slice(-12).reverse();
+    $("#samples").replaceChildren(...(latest.length ? latest.map(sampleCard) :
+      [el("p", { className: "muted", textContent: "nothing collected yet: crops the model is unsure of appear here" })]));
+  } catch (err) { samplesShown = null; /* the daemon restarts: try again at the next poll */ }
+}
+
 // -- toast with undo ---------------------------------------------------------------------------
 let toastTimer = null;
 function toast(text, undo = null, seconds = 5) {
@@ -394,6 +429,9 @@ const handlers = {
       left: `left after ${e.duration_s.toFixed(1)} s (${e.label ?? "unnamed"})` }[e.event];
     const where = e.zones.length ? ` in ${e.zones.join(", ")}` : "";
     showEvent(`${e.decision_time} ${e.camera} #${e.track}${where}: ${what}`);
+  },
+  drift(e) {
+    showEvent(`${e.time} ${e.camera}: drift ${e.score.toFixed(2)} ≥ ${e.threshold} (looks different from when model ${e.model} was installed)`);
   },
   model(e) {
     showEvent(`model switched to ${e.model.name} v${e.model.version}`);
