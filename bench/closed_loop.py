@@ -10,11 +10,11 @@ same training budget spent on more base-domain pretraining?
    surface patterns, crossing a grey floor), another domain with its own classes. The real daemon
    runs it (in this process, `objects: {}`, sampling on: one sample per track), then the real
    harvest (`edgessl collect`'s code, from the device's state folder) makes the shards.
-3. Loop: `edgessl adapt`'s code: SSL continued from the base run on the harvested samples mixed 1:1
-   with CIFAR-10 images, --minutes, exported. Control: the base run continued on CIFAR-10 alone
+3. Loop: `edgessl adapt`'s code: SSL continued from the base run on the harvested samples mixed with
+   --mix-ratio CIFAR-10 images per sample (adapt's default), --minutes, exported. Control: the base run continued on CIFAR-10 alone
    for the same --minutes (same recipe, same code), exported the same way.
 4. Few-shot on the site's classes: 5-way 5-shot episodes over crops of ANOTHER rendered scene
-   (seed 100+, never harvested), supports and queries from disjoint objects, through the device's
+   (seed 201, never harvested; adapt's mix ratio was chosen on scene 101, so not on this one), supports and queries from disjoint objects, through the device's
    path (the bundle's ONNX Runtime backend, centred prototypes). Mean over episodes with a 95%
    interval; with --seeds > 1 the loop and control are trained once per seed and the table gives
    the mean over seeds with a 95% interval over seeds and episodes. Also CIFAR-10 5-way 5-shot
@@ -34,6 +34,9 @@ from typing import Any
 
 import numpy as np
 from common import cifar10, write_section  # noqa: E402
+
+from edgessl.edge_runtime.samples.config import SamplingConfig
+from edgessl.export.adapt import MIX_RATIO
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE_CLASSES = ("circle", "square", "triangle", "cross", "star")
@@ -83,8 +86,10 @@ def truth_crops(video: Path, truth: list[list[dict]], per_object: int = 4,
     return crops, np.array(labels), np.array(ids)
 
 
-def collect_site(bundle: Path, videos: list[Path], work: Path, speed: float) -> tuple[Path, dict[str, Any]]:
-    """The daemon runs the scenes (one camera each, played in real time x `speed`) with sampling on;
+def collect_site(bundle: Path, videos: list[Path], work: Path, speed: float,
+                 duplicate: float) -> tuple[Path, dict[str, Any]]:
+    """The daemon runs the scenes (one camera each, played in real time x `speed`) with sampling on
+    (no rate limits: the footage stands for days of a site; `duplicate`: the sampler's threshold);
     the harvest turns what it kept into shards."""
     from edgessl import scene
     from edgessl.devices.harvest import harvest
@@ -94,7 +99,8 @@ def collect_site(bundle: Path, videos: list[Path], work: Path, speed: float) -> 
 
     state = work / "device-state"
     shutil.rmtree(state, ignore_errors=True)
-    sampling = {"per_hour": 100000, "per_day": 100000, "min_interval_s": 0.0, "regions": False}
+    sampling = {"per_hour": 100000, "per_day": 100000, "min_interval_s": 0.0, "regions": False,
+                "duplicate": duplicate}
     config = DaemonConfig.model_validate({
         "device": "site", "state_dir": str(state), "model": {"bundle": str(bundle)}, "api": {"enabled": False},
         "cameras": [{"id": f"cam{i}", "url": str(v), "realtime": True, "fps": scene.FPS * speed, "objects": {},
@@ -152,11 +158,12 @@ def control(base: Path, work: Path, minutes: float, seed: int, cifar: Path) -> P
     return export(ckpt, out / "bundle", 2)
 
 
-def loop(base: Path, v1: Path, harvest_dir: Path, work: Path, minutes: float, seed: int, cifar: Path) -> Path:
+def loop(base: Path, v1: Path, harvest_dir: Path, work: Path, minutes: float, seed: int, cifar: Path,
+         mix_ratio: float) -> Path:
     from edgessl.export.adapt import adapt
 
     result = adapt(base, harvest_dir, work / f"loop-{seed}", minutes=minutes, bundle=v1, mix=cifar / "train",
-                   mix_ratio=1.0, seed=seed, force=True)
+                   mix_ratio=mix_ratio, seed=seed, force=True)
     return Path(result.bundle)
 
 
@@ -222,9 +229,14 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=4.0, help="the loop's budget, and the control's")
     p.add_argument("--seeds", type=int, default=2, help="loop and control trained once per seed")
     p.add_argument("--episodes", type=int, default=600)
-    p.add_argument("--objects", type=int, default=100, help="about this many objects pass in each site camera")
+    p.add_argument("--objects", type=int, default=200, help="about this many objects pass in each site camera")
     p.add_argument("--cameras", type=int, default=2, help="site cameras (each its own rendered scene)")
     p.add_argument("--speed", type=float, default=2.0, help="the site's scenes played at this many times real time")
+    p.add_argument("--duplicate", type=float, default=SamplingConfig.model_fields["duplicate"].default,
+                   help="the sampler's near-copy threshold (1 - cosine; the camera config's default)")
+    p.add_argument("--mix-ratio", type=float, default=MIX_RATIO, help="CIFAR-10 images per site sample in the loop "
+                   "(default: edgessl adapt's)")
+    p.add_argument("--eval-seed", type=int, default=201, help="the evaluation scene (never harvested)")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-closed-loop")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = p.parse_args()
@@ -241,10 +253,10 @@ def main() -> None:
     videos = [work / f"site-{i}.mp4" for i in range(args.cameras)]
     for i, video in enumerate(videos):
         render_site(video, seed=1 + i, objects=args.objects)
-    harvest_dir, collected = collect_site(v1, videos, work, args.speed)
+    harvest_dir, collected = collect_site(v1, videos, work, args.speed, args.duplicate)
     print(f"   harvested {collected['samples']} samples ({collected['by_reason']}; rejected {collected['rejected']}) "
           f"in {collected['daemon_s']} s", flush=True)
-    _, eval_truth = render_site(work / "eval.mp4", seed=101, objects=args.objects)
+    _, eval_truth = render_site(work / "eval.mp4", seed=args.eval_seed, objects=args.objects)
     eval_set = truth_crops(work / "eval.mp4", eval_truth)
     print(f"   evaluation: {len(eval_set[0])} crops of {len(set(eval_set[2].tolist()))} objects of another scene")
 
@@ -254,7 +266,7 @@ def main() -> None:
         print(f"== seed {seed}: loop ({args.minutes:g} min on the site + CIFAR-10) and control "
               f"({args.minutes:g} min more CIFAR-10)", flush=True)
         bundles = {"before (v1)": v1,
-                   "loop": loop(base, v1, harvest_dir, work, args.minutes, seed, cifar),
+                   "loop": loop(base, v1, harvest_dir, work, args.minutes, seed, cifar, args.mix_ratio),
                    "control": control(base, work, args.minutes, seed, cifar)}
         for name, bundle in bundles.items():
             if name == "before (v1)" and seed > 0:
@@ -286,12 +298,14 @@ def main() -> None:
         f"A resnet_tiny SimCLR model pretrained {args.base_minutes:g} min on CIFAR-10 (32 px) is deployed on a "
         "rendered site (edgessl.scene: five shape classes in any hue, crossing a grey floor). The real daemon runs "
         f"{args.cameras} cameras of the site's scenes at {args.speed:g}x real time with sampling on "
-        f"({collected['samples']} samples kept, one per track that left; "
-        f"{collected['by_reason']}), `edgessl collect`'s harvest makes the shards, and `edgessl adapt`'s code "
-        f"continues SSL {args.minutes:g} min on them mixed 1:1 with CIFAR-10 images. The control continues the "
+        f"({collected['samples']} samples kept, one per track that left, near-copy threshold {args.duplicate:g}; "
+        f"{collected['by_reason']}; rejected {collected['rejected']}), `edgessl collect`'s harvest makes the "
+        "shards, and `edgessl adapt`'s code "
+        f"continues SSL {args.minutes:g} min on them mixed with {args.mix_ratio:g} CIFAR-10 images per sample. "
+        "The control continues the "
         f"base run {args.minutes:g} min on CIFAR-10 alone (same recipe and code). Few-shot accuracy on the site's "
         f"classes: 5-way 5-shot episodes ({args.episodes} per seed) over {len(eval_set[0])} crops of another scene "
-        "(never harvested), supports and queries from different objects, through the device's ONNX Runtime path; "
+        f"(seed {args.eval_seed}, never harvested), supports and queries from different objects, through the device's ONNX Runtime path; "
         f"{args.seeds} training seed(s); ± is the 95% interval (episodes and seeds). CIFAR-10 column: what the "
         "base domain keeps.\n\n"
         f"{table}\n\n**Loop − control: {gain:+.1f} pt ± {gain_h:.1f}** (goal ≥ 5 pt: {verdict}).\n")

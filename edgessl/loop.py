@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from edgessl.export.adapt import MIX_RATIO
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
@@ -42,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the loop's folder: harvest/, one adapt-vN folder per candidate, loop-*.json "
                         "(default: runs/loop)")
     p.add_argument("--mix", type=Path, metavar="BASE_DATA", help="base images mixed into the training")
-    p.add_argument("--mix-ratio", type=float, default=1.0, help="base images per site sample (default: 1.0)")
+    p.add_argument("--mix-ratio", type=float, default=MIX_RATIO,
+                   help=f"base images per site sample (default: {MIX_RATIO:g})")
     p.add_argument("--margin", type=float, default=0.0,
                    help="the candidate may be at most this many accuracy points (0-100) below the running model "
                         "on the site's eval set (default: 0: at least as good)")

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from edgessl.export.adapt import MIX_RATIO
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
@@ -19,8 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, help="the running bundle, when --from is a run (formats, name, version)")
     p.add_argument("--data", type=Path, required=True, metavar="SITE_DIR", help="the harvest folder (edgessl collect)")
     p.add_argument("--mix", type=Path, metavar="BASE_DATA", help="base images mixed in, against forgetting")
-    p.add_argument("--mix-ratio", type=float, default=1.0,
-                   help="base images per site sample (default: 1.0; 0: site data alone)")
+    p.add_argument("--mix-ratio", type=float, default=MIX_RATIO,
+                   help=f"base images per site sample (default: {MIX_RATIO:g}; 0: site data alone, which overfits "
+                        "a small site set)")
     p.add_argument("--minutes", type=float, required=True, help="training budget (export comes on top)")
     p.add_argument("--out", type=Path, required=True, help="adaptation folder (the candidate in OUT/bundle)")
     p.add_argument("--formats", help="export formats (default: those of the running bundle)")

@@ -29,7 +29,7 @@ from edgessl.edge_runtime.fewshot.gallery_schema import (
 )
 from edgessl.edge_runtime.fewshot.labels import label_key, normalize_label
 from edgessl.edge_runtime.fewshot.reembed import F32, Reembedding
-from edgessl.edge_runtime.sqlite_tx import immediate
+from edgessl.edge_runtime.sqlite_tx import connect_read_only, immediate, storage_problem
 from edgessl.errors import GalleryError
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,10 @@ class GalleryStorageError(GalleryError):
 
 
 def _storage_error(path: Path, exc: sqlite3.Error) -> GalleryStorageError | None:
-    text = str(exc).lower()
-    if "full" in text:
+    problem = storage_problem(exc)
+    if problem == "full":
         return GalleryStorageError(f"{path}: the filesystem of the gallery is full ({exc})", full=True)
-    if "readonly" in text or "read-only" in text:
+    if problem == "readonly":
         return GalleryStorageError(f"{path}: the gallery is read-only ({exc})", full=False)
     return None
 
@@ -116,28 +116,19 @@ class Gallery(Reembedding):
 
     def _open_read_only(self, why: Exception) -> None:
         """Open for reading when writing is impossible (read-only file or filesystem); every
-        write then raises GalleryStorageError. A WAL file without its -shm on a read-only
-        filesystem can only be read as immutable."""
+        write then raises GalleryStorageError."""
         if not self.path.exists():
             raise GalleryError(f"{self.path}: cannot create the gallery: {why}") from why
-        last: Exception = why
-        for query in ("mode=ro", "mode=ro&immutable=1"):
-            db = sqlite3.connect(f"file:{self.path}?{query}", uri=True, isolation_level=None, timeout=30.0)
-            try:
-                version = db.execute("PRAGMA user_version").fetchone()[0]
-                db.execute("SELECT COUNT(*) FROM exemplars").fetchone()
-            except sqlite3.Error as exc:
-                db.close()
-                last = exc
-                continue
-            if version not in READABLE_VERSIONS:
-                db.close()
-                raise GalleryError(f"{self.path}: gallery schema version {version}; this edgessl reads "
-                                   f"versions {', '.join(map(str, READABLE_VERSIONS))} (upgrade edgessl)")
-            self._db, self.read_only, self._version = db, True, version
-            log.warning("%s: the gallery cannot be written (%s); opened read-only", self.path, why)
-            return
-        raise GalleryError(f"{self.path}: cannot open the gallery, not even read-only: {last}") from last
+        try:
+            db, version = connect_read_only(self.path, "SELECT COUNT(*) FROM exemplars")
+        except sqlite3.Error as exc:
+            raise GalleryError(f"{self.path}: cannot open the gallery, not even read-only: {exc}") from exc
+        if version not in READABLE_VERSIONS:
+            db.close()
+            raise GalleryError(f"{self.path}: gallery schema version {version}; this edgessl reads "
+                               f"versions {', '.join(map(str, READABLE_VERSIONS))} (upgrade edgessl)")
+        self._db, self.read_only, self._version = db, True, version
+        log.warning("%s: the gallery cannot be written (%s); opened read-only", self.path, why)
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]

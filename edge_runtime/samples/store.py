@@ -45,7 +45,7 @@ from edgessl.edge_runtime.samples.store_schema import (
     SOURCES,
     SampleInfo,
 )
-from edgessl.edge_runtime.sqlite_tx import immediate
+from edgessl.edge_runtime.sqlite_tx import connect_read_only, immediate, storage_problem
 from edgessl.edge_runtime.timestamps import iso
 from edgessl.errors import EdgesslError
 
@@ -71,11 +71,11 @@ class SampleStorageError(SampleStoreError):
 
 
 def _storage_error(path: Path, exc: sqlite3.Error) -> SampleStorageError | None:
-    text = str(exc).lower()
-    if "full" in text:
+    problem = storage_problem(exc)
+    if problem == "full":
         return SampleStorageError(f"{path}: the filesystem of the sample store is full ({exc}); nothing was "
                                   "lost, but no sample can be kept until space is freed", full=True)
-    if "readonly" in text or "read-only" in text:
+    if problem == "readonly":
         return SampleStorageError(f"{path}: the sample store is read-only ({exc}); its samples can be read "
                                   "and harvested, none can be kept or deleted", full=False)
     return None
@@ -184,29 +184,19 @@ class SampleStore:
 
     def _open_read_only(self, why: Exception) -> None:
         """Open for reading when the file or its filesystem cannot be written; every write then
-        raises SampleStorageError. A WAL file without its -shm on a read-only filesystem can only
-        be read as immutable."""
-        last: Exception = why
-        for query in ("mode=ro", "mode=ro&immutable=1"):
-            db = sqlite3.connect(f"file:{self.path}?{query}", uri=True, isolation_level=None, timeout=30.0,
-                                 check_same_thread=False)
-            try:
-                version = db.execute("PRAGMA user_version").fetchone()[0]
-                db.execute("SELECT bytes FROM usage").fetchone()
-            except sqlite3.Error as exc:
-                db.close()
-                last = exc
-                continue
-            if version != SCHEMA_VERSION:
-                db.close()
-                raise SampleStoreError(f"{self.path}: sample store schema version {version}; this edgessl reads "
-                                       f"version {SCHEMA_VERSION}")
-            self._db, self.read_only = db, True
-            if self._wanted_quota is None:
-                self.quota_bytes = int(db.execute("SELECT quota FROM usage").fetchone()[0])
-            log.warning("%s: the sample store cannot be written (%s); opened read-only", self.path, why)
-            return
-        raise SampleStoreError(f"{self.path}: cannot open the sample store, not even read-only: {last}") from last
+        raises SampleStorageError."""
+        try:
+            db, version = connect_read_only(self.path, "SELECT bytes FROM usage", check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise SampleStoreError(f"{self.path}: cannot open the sample store, not even read-only: {exc}") from exc
+        if version != SCHEMA_VERSION:
+            db.close()
+            raise SampleStoreError(f"{self.path}: sample store schema version {version}; this edgessl reads "
+                                   f"version {SCHEMA_VERSION}")
+        self._db, self.read_only = db, True
+        if self._wanted_quota is None:
+            self.quota_bytes = int(db.execute("SELECT quota FROM usage").fetchone()[0])
+        log.warning("%s: the sample store cannot be written (%s); opened read-only", self.path, why)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
