@@ -12,6 +12,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+class StorageFailure(Exception):
+    """Mixed into a store's error type: its file cannot be written, because its filesystem is full
+    (`full`) or the file or filesystem is read-only."""
+
+    def __init__(self, message: str, *, full: bool) -> None:
+        super().__init__(message)
+        self.full = full
+
+
 @contextmanager
 def immediate(db: sqlite3.Connection,
               translate: Callable[[sqlite3.Error], Exception | None]) -> Iterator[sqlite3.Connection]:

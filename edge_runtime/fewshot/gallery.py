@@ -29,18 +29,14 @@ from edgessl.edge_runtime.fewshot.gallery_schema import (
 )
 from edgessl.edge_runtime.fewshot.labels import label_key, normalize_label
 from edgessl.edge_runtime.fewshot.reembed import F32, Reembedding
-from edgessl.edge_runtime.sqlite_tx import connect_read_only, immediate, storage_problem
+from edgessl.edge_runtime.sqlite_tx import StorageFailure, connect_read_only, immediate, storage_problem
 from edgessl.errors import GalleryError
 
 log = logging.getLogger(__name__)
 
 
-class GalleryStorageError(GalleryError):
+class GalleryStorageError(StorageFailure, GalleryError):
     """The gallery cannot be written: its filesystem is full (`full`) or it is read-only."""
-
-    def __init__(self, message: str, *, full: bool) -> None:
-        super().__init__(message)
-        self.full = full
 
 
 def _storage_error(path: Path, exc: sqlite3.Error) -> GalleryStorageError | None:

@@ -45,7 +45,7 @@ from edgessl.edge_runtime.samples.store_schema import (
     SOURCES,
     SampleInfo,
 )
-from edgessl.edge_runtime.sqlite_tx import connect_read_only, immediate, storage_problem
+from edgessl.edge_runtime.sqlite_tx import StorageFailure, connect_read_only, immediate, storage_problem
 from edgessl.edge_runtime.timestamps import iso
 from edgessl.errors import EdgesslError
 
@@ -62,12 +62,8 @@ class SampleStoreError(EdgesslError):
     """The sample store cannot do what was asked (not a sample store, a sample over the quota...)."""
 
 
-class SampleStorageError(SampleStoreError):
+class SampleStorageError(StorageFailure, SampleStoreError):
     """The sample store cannot be written: its filesystem is full (`full`) or it is read-only."""
-
-    def __init__(self, message: str, *, full: bool) -> None:
-        super().__init__(message)
-        self.full = full
 
 
 def _storage_error(path: Path, exc: sqlite3.Error) -> SampleStorageError | None:
