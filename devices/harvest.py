@@ -41,6 +41,7 @@ CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 120.0
 _SAMPLE_NAME = re.compile(r"^(\d{10})\.(jpg|json)$")
 _EXEMPLAR_NAME = re.compile(r"^exemplars/(\d{10})\.(jpg|json)$")
+_DRIFT_LINE = re.compile(r'^edgessl_drift\{camera="([^"]*)"\} (\S+)$', re.MULTILINE)
 
 
 class HarvestError(EdgesslError):
@@ -63,6 +64,7 @@ class HarvestResult:
     shards: list[str] = field(default_factory=list)
     eval_images: int = 0
     eval_classes: dict[str, int] = field(default_factory=dict)
+    drift: dict[str, float] = field(default_factory=dict)  # per camera, the device's drift score at harvest
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -76,6 +78,7 @@ class Source(Protocol):
     def samples(self, after: int, limit: int) -> Iterator[tuple[dict[str, Any], bytes]]: ...
     def ack(self, checksums: dict[int, str]) -> int: ...
     def exemplars(self) -> Iterator[tuple[dict[str, Any], bytes]]: ...
+    def drift(self) -> dict[str, float]: ...
 
 
 def _pairs(members: Iterator[tuple[str, bytes]], pattern: re.Pattern[str]) -> Iterator[tuple[dict[str, Any], bytes]]:
@@ -155,6 +158,18 @@ class HttpSource:
     def exemplars(self) -> Iterator[tuple[dict[str, Any], bytes]]:
         return _pairs(self._stream("/v1/gallery/archive"), _EXEMPLAR_NAME)
 
+    def drift(self) -> dict[str, float]:
+        """The cameras' drift scores from /metrics; {} when they cannot be read (not a failure)."""
+        import httpx
+
+        try:
+            r = httpx.get(self.url + "/metrics", headers=self._headers, timeout=READ_TIMEOUT_S)
+        except httpx.HTTPError:
+            return {}
+        if r.status_code != 200:
+            return {}
+        return {m.group(1): round(float(m.group(2)), 4) for m in _DRIFT_LINE.finditer(r.text)}
+
     def ack(self, checksums: dict[int, str]) -> int:
         import httpx
 
@@ -195,6 +210,11 @@ class LocalSource:
         with SampleStore(self.state_dir / "samples.db") as store:
             deleted, _, _ = store.delete_acked(checksums)
         return len(deleted)
+
+    def drift(self) -> dict[str, float]:
+        from edgessl.edge_runtime.samples.drift import read_scores
+
+        return read_scores(self.state_dir / "drift.json")
 
     def exemplars(self) -> Iterator[tuple[dict[str, Any], bytes]]:
         from edgessl.edge_runtime.fewshot.gallery import Gallery
@@ -336,6 +356,7 @@ def harvest(target: str, out: Path, *, name: str, token: str | None = None, page
                 break
         counts = dev.replace_eval(source.exemplars())
         result.eval_images, result.eval_classes = sum(counts.values()), dict(sorted(counts.items()))
+        result.drift = dict(sorted(source.drift().items()))
     except HarvestError as exc:
         result.status = "partial" if result.samples else "failed"
         result.reason = str(exc) + (" (run again to resume)" if result.samples else "")
@@ -378,7 +399,8 @@ def render_harvest(results: list[HarvestResult]) -> str:
     from edgessl.devices.table import format_table
 
     rows = [(r.device, r.status, r.samples, ", ".join(f"{c} {n}" for c, n in sorted(r.by_camera.items())) or None,
-             f"{r.bytes / 1e6:.2f}", r.acked, f"{r.eval_images} in {len(r.eval_classes)}", f"{r.seconds:.1f}",
+             f"{r.bytes / 1e6:.2f}", r.acked, f"{r.eval_images} in {len(r.eval_classes)}",
+             ", ".join(f"{c} {v:.3f}" for c, v in r.drift.items()) or None, f"{r.seconds:.1f}",
              r.reason or None) for r in results]
     return format_table(["device", "status", "samples", "per camera", "MB", "deleted on device",
-                         "eval images/classes", "seconds", "reason"], rows)
+                         "eval images/classes", "drift", "seconds", "reason"], rows)

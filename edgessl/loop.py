@@ -166,8 +166,10 @@ def render_summary(s: dict[str, Any]) -> str:
              f"v{running.get('version', '?')})"]
     for h in s.get("collect", []):
         cams = ", ".join(f"{c}: {n}" for c, n in sorted(h["by_camera"].items())) or "none"
+        drift = ", ".join(f"{c} {v:.3f}" for c, v in sorted((h.get("drift") or {}).items()))
         lines.append(f"  collected {h['device']}: {h['status']}, {h['samples']} new samples ({cams}), "
                      f"{h['eval_images']} eval crops in {len(h['eval_classes'])} classes"
+                     + (f", drift at harvest: {drift}" if drift else "")
                      + (f" — {h['reason']}" if h["reason"] else ""))
     if "samples_held" in s:
         lines.append(f"  samples held for adaptation: {s['samples_held']}")

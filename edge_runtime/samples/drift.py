@@ -57,6 +57,23 @@ def _cos_distance(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(1.0 - np.dot(a, b) / (na * nb))
 
 
+def read_scores(path: Path) -> dict[str, float]:
+    """Each camera's drift score as the daemon last saved it (`path`: its drift.json), for a
+    reader outside the daemon (the harvest from a state folder); {} when there is none."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    scores = {}
+    for cameras in data.values() if isinstance(data, dict) else ():
+        for camera, c in cameras.items() if isinstance(cameras, dict) else ():
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                score = _cos_distance(np.asarray(c["running"], np.float32), np.asarray(c["reference"], np.float32))
+                if score is not None:
+                    scores[str(camera)] = round(score, 4)
+    return scores
+
+
 class DriftMonitor:
     """`reset(model)`, then `update(camera, embeddings)` -> a drift event or None; `save()` at exit."""
 

@@ -6,6 +6,7 @@ gallery's crops as the eval set. A real daemon on loopback; the cut is a real TC
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 import tarfile
@@ -78,7 +79,7 @@ def collecting_daemon(tmp_path, tiny_bundle, monkeypatch):
     clip = render_clip(tmp_path / "clip.mp4", [RED, BLUE, GREEN, (200, 200, 30), (30, 200, 200)], 1.2)
     config = DaemonConfig.model_validate({
         "device": "door", "state_dir": str(tmp_path / "state"), "model": {"bundle": str(tiny_bundle), "threads": 1},
-        "api": {"port": 0},
+        "api": {"port": 0}, "drift": {"reference_crops": 5},
         "cameras": [{"id": "cam", "url": str(clip), "mode": "every", "realtime": True, "fps": 20,
                      "regions": [{"name": "left", "width": 0.5}, {"name": "right", "x": 0.5, "width": 0.5}],
                      "sampling": {"min_interval_s": 0.0, "novelty": 0.001, "duplicate": 0.0005,
@@ -159,16 +160,22 @@ def test_a_cut_transfer_resumes_and_the_device_deletes_only_what_the_server_hold
     eval_dir = tmp_path / "out" / "door" / "eval"
     assert {p.name: len(list(p.glob("*.jpg"))) for p in eval_dir.iterdir() if p.is_dir()} == {"red": 3, "blue": 3}
     assert second.eval_classes == {"blue": 3, "red": 3}
+    # The camera's drift score as the device's /metrics says at harvest (the loop reports it).
+    assert set(second.drift) == {"cam"} and 0.0 <= second.drift["cam"] <= 2.0, second.drift
+    assert second.drift["cam"] == pytest.approx(daemon.collection.drift.score("cam"), abs=1e-3)
 
 
-def test_the_cli_collects_from_a_local_state_folder(collecting_daemon, tmp_path):
+def test_the_cli_collects_from_a_local_state_folder(collecting_daemon, tmp_path, capsys):
     from edgessl.cli import main
 
     daemon, api = collecting_daemon
     n = len(_stored(api))
     state = Path(daemon.config.state_dir)
     daemon.stop()
+    score = daemon.collection.drift.score("cam")
     assert main(["collect", "--from", str(state), "--out", str(tmp_path / "out"), "--name", "door"]) == 0
+    shown = re.search(r"cam (\d+\.\d{3})", capsys.readouterr().out)  # the drift saved in state_dir/drift.json
+    assert shown is not None and float(shown.group(1)) == pytest.approx(score, abs=0.0011)
     assert len(_shard_keys(tmp_path / "out" / "door" / "samples")) == n
     from edgessl.edge_runtime.samples.store import SampleStore
 
