@@ -238,9 +238,18 @@ def main() -> None:
                    "(default: edgessl adapt's)")
     p.add_argument("--eval-seed", type=int, default=201, help="the evaluation scene (never harvested)")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-closed-loop")
+    p.add_argument("--avx2", action="store_true",
+                   help="hold oneDNN to AVX2 (bench/common.py AVX2_ENV; training then runs fp32, not bf16): the "
+                        "loop and the control at the reference CPU's speed (the base run is shared)")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.avx2:
+        import os
+
+        from common import AVX2_ENV
+
+        os.environ.update(AVX2_ENV)  # before torch is imported (every import of it here is lazy)
     cifar = cifar10()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -309,7 +318,9 @@ def main() -> None:
         f"{args.seeds} training seed(s); ± is the 95% interval (episodes and seeds). CIFAR-10 column: what the "
         "base domain keeps.\n\n"
         f"{table}\n\n**Loop − control: {gain:+.1f} pt ± {gain_h:.1f}** (goal ≥ 5 pt: {verdict}).\n")
-    write_section("closed_loop", body)
+    if args.avx2:
+        body = body.replace("## The closed loop:", "## The closed loop, oneDNN held to AVX2 (fp32 training):", 1)
+    write_section("closed_loop_avx2" if args.avx2 else "closed_loop", body)
 
 
 if __name__ == "__main__":

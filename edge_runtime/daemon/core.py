@@ -3,8 +3,9 @@
 This module wires the parts together and runs them; each part lives in its own module:
 `streams` (one reader per camera), `pipeline` (the frame path, one `Batch` per pass), `model`
 (what runs, hot swaps, installs), `enrollment`, `tracks`, `sinks/` (where events go), `events`
-(the server-sent events hub), `snapshot` (the annotated picture), `watchdog` (stalls, systemd),
-`collection` (samples for the server, drift), `http/` (the API's routers and its server).
+(the server-sent events hub), `health` (the report /health gives), `snapshot` (the annotated
+picture), `watchdog` (stalls, systemd), `collection` (samples for the server, drift), `http/`
+(the API's routers and its server).
 
 Threads: one reader per camera, one inference loop, one worker per sink, the HTTP server
 (uvicorn, http/server.py) and the supervisor (watchdog.py), which notices stalls and pings
@@ -31,6 +32,7 @@ from edgessl.edge_runtime.daemon.collection import Collection
 from edgessl.edge_runtime.daemon.config import DaemonConfig
 from edgessl.edge_runtime.daemon.enrollment import Enrollment
 from edgessl.edge_runtime.daemon.events import EventHub
+from edgessl.edge_runtime.daemon.health import health_report
 from edgessl.edge_runtime.daemon.http.routes.events import StreamSlots
 from edgessl.edge_runtime.daemon.http.server import ApiServer
 from edgessl.edge_runtime.daemon.metrics import Metrics
@@ -41,7 +43,7 @@ from edgessl.edge_runtime.daemon.sinks import Sink, SinkEvent, SinkRunner, first
 from edgessl.edge_runtime.daemon.sinks.mqtt import MqttSink
 from edgessl.edge_runtime.daemon.snapshot import Snapshot, take
 from edgessl.edge_runtime.daemon.storage import Storage
-from edgessl.edge_runtime.daemon.streams import CameraStream, CapturedFrame, State
+from edgessl.edge_runtime.daemon.streams import CameraStream, CapturedFrame
 from edgessl.edge_runtime.daemon.systemd import sd_notify
 from edgessl.edge_runtime.daemon.tracks import TrackService
 from edgessl.edge_runtime.daemon.watchdog import Supervisor
@@ -95,7 +97,7 @@ class Daemon:
         self._sinks: list[SinkRunner] = []
         self._threads: list[threading.Thread] = []
         self._heartbeat = time.monotonic()
-        self._started_at = time.time()
+        self.started_at = time.time()
         self.loop_errors = 0
         self.last_loop_error: str | None = None
         self.api_url: str | None = None
@@ -347,34 +349,8 @@ class Daemon:
     # -- what the API shows -----------------------------------------------------------------
 
     def health(self, full: bool = True) -> dict[str, Any]:
-        """The daemon's report; `full=False`: only whether it is up (what /health answers without
-        the token: nothing a camera sees, no URL, no path)."""
-        statuses = {cid: s.status() for cid, s in self.streams.items()}
-        alive = self.inference_alive()
-        api_alive = self.supervisor.api_alive()
-        streaming = all(st.state == State.STREAMING for st in statuses.values())
-        storage = self.storage.status()
-        status = ("ok" if alive and api_alive and streaming and storage["ok"] else "degraded") if alive else "failed"
-        head = {"status": status, "device": self.device, "uptime_s": round(time.time() - self._started_at, 1)}
-        if not full:
-            return {**head, "cameras": {cid: str(st.state) for cid, st in statuses.items()}, "full": False}
-        return {
-            **head,
-            "model": self.model.info() if self.models.holder is not None else None,
-            "cameras": {cid: st.as_dict() for cid, st in statuses.items()},
-            "inference": {"alive": alive, "last_batch": self.pipeline.last_batch, "errors": self.loop_errors,
-                          "last_error": self.last_loop_error},
-            "api": {"alive": api_alive, **(self.server.status() if self.server else {}),
-                    "event_streams": self.event_streams.status()},
-            "sinks": self.sink_status(),
-            "storage": storage,  # problems: a read-only, unwritable or full state_dir or gallery (the page shows them)
-            "gallery": {"reembedding": dict(self.models.reembedding)},
-            "background": self.background.status(),
-            "tracks": self.track_store.status() if self.track_store is not None else None,
-            "samples": self.collection.status(),  # the sample store, kept counts per camera, drift scores
-            "work": {**self.work.status(), "live_enrollments": self.live.status()},
-            "full": True,
-        }
+        """The daemon's report (health.py); `full=False`: only whether it is up."""
+        return health_report(self, full)
 
     def cameras(self) -> list[dict[str, Any]]:
         out = []
