@@ -320,6 +320,8 @@ def main() -> None:
         f"{table}\n\n**Loop − control: {gain:+.1f} pt ± {gain_h:.1f}** (goal ≥ 5 pt: {verdict}).\n")
     if args.avx2:
         body = body.replace("## The closed loop:", "## The closed loop, oneDNN held to AVX2 (fp32 training):", 1)
+        body = body.replace("(32 px) is deployed", "(32 px; the same base run as above, trained without the cap) "
+                            "is deployed", 1)
     write_section("closed_loop_avx2" if args.avx2 else "closed_loop", body)
 
 
